@@ -1,0 +1,244 @@
+"""The experiment config: schema, composition from YAML files and ``key=value`` overrides, validation.
+
+A config is composed from the schema defaults, then each YAML file in order (deep merge), then
+``--set a.b=value`` overrides (values parsed as YAML). The ``method.params`` section is validated
+against the chosen method's own parameter dataclass, and ``dataset.options`` against the dataset
+adapter's options dataclass, so a typo anywhere is caught at load time.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fsseg.errors import ConfigError
+from fsseg.schema import from_dict, opt, to_dict
+
+
+@dataclass
+class MethodConfig:
+    name: str = opt("panet", help="registered method name (see `fsseg list`)")
+    variant: str = opt("default", help="named variant (ablation) declared by the method")
+    params: dict[str, Any] = opt({}, help="method hyper-parameters; override the variant's values")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = opt("synthetic", help="registered dataset name")
+    root: str = opt("data/synthetic", help="folder holding the prepared dataset")
+    image_size: int = opt(96, help="side of the square model input in pixels", ge=16, le=2048)
+    train_filter: Literal["none", "remove_novel"] = opt(
+        "none", help="remove_novel drops training images that contain any novel-class pixel"
+    )
+    min_object_px: int = opt(
+        0, help="an image counts for a class only if the class covers at least this many pixels", ge=0
+    )
+    label_resolution: Literal["original", "input"] = opt(
+        "original", help="evaluate against labels at their original size or at the model input size"
+    )
+    options: dict[str, Any] = opt({}, help="dataset-specific options (validated by the adapter)")
+
+
+@dataclass
+class BackboneConfig:
+    name: Literal["resnet18", "resnet50", "resnet101", "vgg16"] = opt("resnet18", help="backbone network")
+    weights: str = opt(
+        "none", help="'none' (random init), 'imagenet' (torchvision cache file) or a path to a state dict"
+    )
+    sha256: str | None = opt(None, help="expected sha256 of the weights file (checked when given)")
+    output_stride: Literal[8, 16, 32] = opt(8, help="output stride of the dilated backbone")
+    train_mode: Literal["method", "frozen", "finetune"] = opt(
+        "method", help="'method' keeps the method's own choice; the others force it"
+    )
+
+
+@dataclass
+class TrainConfig:
+    shot: int = opt(1, help="support images per training episode", ge=1, le=20)
+    train_seed: int = opt(0, help="seed of initialisation, training episodes and dropout", ge=0)
+    recipe: str = opt("default", help="named training recipe declared by the method")
+    iterations: int | None = opt(None, help="optimizer steps (recipe value if null)", ge=0)
+    batch_size: int | None = opt(None, help="episodes per step (recipe value if null)", ge=1)
+    lr: float | None = opt(None, help="base learning rate (recipe value if null)", gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] | None = opt(None, help="optimizer (recipe value if null)")
+    momentum: float | None = opt(None, help="SGD momentum", ge=0, lt=1)
+    weight_decay: float | None = opt(None, help="weight decay", ge=0)
+    schedule: Literal["constant", "step", "poly"] | None = opt(None, help="learning-rate schedule")
+    lr_steps: list[int] | None = opt(None, help="iterations at which a step schedule multiplies by lr_gamma")
+    lr_gamma: float | None = opt(None, help="step-schedule factor", gt=0, le=1)
+    poly_power: float | None = opt(None, help="poly-schedule exponent", gt=0)
+    augment: bool = opt(True, help="random flips and 90-degree rotations of training images")
+    checkpoint_every: int = opt(100, help="iterations between resumable checkpoints", ge=1)
+    log_every: int = opt(10, help="iterations between progress lines and log rows", ge=1)
+    num_workers: int = opt(0, help="data-loader worker processes", ge=0)
+    selection: Literal["last", "best_val"] = opt(
+        "last", help="which checkpoint to keep: the last, or the best on validation episodes"
+    )
+    val_every: int = opt(200, help="iterations between validations when selection is best_val", ge=1)
+    val_episodes: int = opt(100, help="validation episodes (novel classes, val split)", ge=1)
+    val_episode_seed: int = opt(12345, help="episode seed of the validation manifest", ge=0)
+    device: str = opt("auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
+
+
+@dataclass
+class EvalConfig:
+    shot: int = opt(1, help="support images per test episode", ge=1, le=20)
+    episode_seed: int = opt(0, help="seed of the test episode manifest", ge=0)
+    n_episodes: int = opt(1000, help="test episodes per fold", ge=1)
+    split: str = opt("test", help="dataset split the test episodes are drawn from")
+    batch_size: int = opt(8, help="episodes per forward pass", ge=1)
+    num_workers: int = opt(0, help="data-loader worker processes", ge=0)
+    device: str = opt("auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
+
+
+@dataclass
+class ExperimentConfig:
+    fold: int = opt(0, help="fold whose classes are novel", ge=0)
+    output_root: str = opt("results", help="root folder of run outputs")
+    method: MethodConfig = opt(MethodConfig())
+    dataset: DatasetConfig = opt(DatasetConfig())
+    backbone: BackboneConfig = opt(BackboneConfig())
+    train: TrainConfig = opt(TrainConfig())
+    eval: EvalConfig = opt(EvalConfig())
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @property
+    def run_name(self) -> str:
+        """The run's name, ``{method}-{variant}_{backbone}_{dataset}-fold{f}_{shot}shot_seed{s}``."""
+        return (
+            f"{self.method.name}-{self.method.variant}_{self.backbone.name}_{self.dataset.name}"
+            f"-fold{self.fold}_{self.train.shot}shot_seed{self.train.train_seed}"
+        )
+
+    @property
+    def run_dir(self) -> Path:
+        """Where ``fsseg train`` writes; the harness alone decides it."""
+        return (
+            Path(self.output_root)
+            / self.dataset.name
+            / f"{self.method.name}-{self.method.variant}"
+            / self.backbone.name
+            / f"fold{self.fold}"
+            / f"shot{self.train.shot}"
+            / f"seed{self.train.train_seed}"
+        )
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.run_dir / "eval" / f"shot{self.eval.shot}_ep{self.eval.episode_seed}_n{self.eval.n_episodes}"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``; mappings merge recursively, other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``a.b.c=value`` → ``{"a": {"b": {"c": value}}}``, value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {err}") from None
+    nested: dict[str, Any] = {}
+    cursor = nested
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return nested
+
+
+def compose(files: list[str | Path] = (), overrides: list[str] = (), base: dict | None = None) -> dict[str, Any]:
+    """Merge YAML files then overrides into one raw dict (not yet validated)."""
+    raw: dict[str, Any] = copy.deepcopy(base or {})
+    for file in files:
+        raw = deep_merge(raw, read_yaml(file))
+    for text in overrides:
+        raw = deep_merge(raw, parse_override(text))
+    return raw
+
+
+def load_config(
+    files: list[str | Path] = (), overrides: list[str] = (), base: dict | None = None
+) -> ExperimentConfig:
+    """Compose and validate an experiment config, including method params and dataset options."""
+    raw = compose(files, overrides, base)
+    if "include" in raw:
+        raise ConfigError("config: 'include' is not supported; pass several --config files instead")
+    cfg = from_dict(ExperimentConfig, raw)
+    resolve_method_and_dataset(cfg)
+    return cfg
+
+
+def resolve_method_and_dataset(cfg: ExperimentConfig) -> None:
+    """Validate the method/dataset-specific sections and fill in their defaults (in place)."""
+    from fsseg.registry import DATASETS, METHODS
+
+    method_cls = METHODS.get(cfg.method.name)
+    cfg.method.params = to_dict(method_cls.resolve_params(cfg.method.variant, cfg.method.params))
+    method_cls.recipe(cfg.train.recipe)  # raises on an unknown recipe name
+    dataset_cls = DATASETS.get(cfg.dataset.name)
+    cfg.dataset.options = to_dict(
+        from_dict(dataset_cls.Options, cfg.dataset.options, "config.dataset.options")
+    )
+    n_folds = dataset_cls.num_folds(cfg.dataset.options)
+    if cfg.fold >= n_folds:
+        raise ConfigError(f"config.fold: {cfg.fold} is out of range; dataset {cfg.dataset.name!r} has {n_folds} folds")
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Re-validate a resolved config (as written next to outputs)."""
+    return load_config(base=data)
+
+
+def describe_schema(schema: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """One line per key: path, type, default and help text (for `fsseg config --describe`)."""
+    import typing
+
+    lines = []
+    hints = typing.get_type_hints(schema)
+    for fld in dataclasses.fields(schema):
+        tp = hints[fld.name]
+        path = f"{prefix}{fld.name}"
+        if dataclasses.is_dataclass(tp):
+            lines.extend(describe_schema(tp, path + "."))
+            continue
+        default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
+        help_text = fld.metadata.get("help", "")
+        lines.append(f"{path} = {default!r}  # {help_text}")
+    return lines

@@ -1,0 +1,145 @@
+"""The contract between the harness and a few-shot segmentation method.
+
+A method is an ``nn.Module`` subclass of :class:`FewShotMethod`, registered with
+``@METHODS.register("name")`` in its own package under ``methods/``. It declares
+
+* ``Params``: a dataclass of its hyper-parameters and ablation switches (validated from config);
+* ``variants``: named parameter sets (ablations), ``"default"`` always present;
+* ``recipes``: named training recipes (optimizer, lr, schedule, iterations, batch size);
+
+and implements ``forward`` (episode batch → dict with ``"logits"`` [B, 2, H, W] at input size, plus
+anything its loss needs) and ``loss``. Everything else (episodes, image size, metrics, seeds,
+checkpoints, output paths) belongs to the harness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fsseg.errors import ConfigError
+from fsseg.schema import from_dict, opt
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How a method is trained by default; every field can be overridden from ``train.*`` config."""
+
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    lr_steps: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    poly_power: float = 0.9
+    iterations: int = 1000
+    batch_size: int = 4
+    description: str = ""
+
+
+@dataclass
+class NoParams:
+    """For methods without hyper-parameters."""
+
+
+@dataclass
+class BackboneSpec:
+    """What the harness tells a method about the backbone it must build (from ``backbone.*`` config)."""
+
+    name: str = opt("resnet18")
+    weights: str = opt("none")
+    sha256: str | None = opt(None)
+    output_stride: int = opt(8)
+    train_mode: str = opt("method")
+
+
+Batch = dict[str, torch.Tensor]
+"""An episode batch: ``query_img`` [B,3,H,W] float (normalised), ``query_mask`` [B,H,W] long
+(0 background, 1 foreground, 255 ignore; absent at test time), ``support_imgs`` [B,K,3,H,W],
+``support_masks`` [B,K,H,W] long (same coding), ``class_id`` [B] long."""
+
+
+class FewShotMethod(nn.Module):
+    """Base class of every method. Subclasses set the class attributes and implement the two hooks."""
+
+    Params: ClassVar[type] = NoParams
+    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    recipes: ClassVar[dict[str, TrainRecipe]] = {"default": TrainRecipe()}
+    trains_backbone: ClassVar[bool] = True
+    """Whether the method's paper fine-tunes the backbone (PANet) or keeps it frozen (PFENet)."""
+    registry_name: ClassVar[str] = ""
+
+    def __init__(self, params: Any, backbone: BackboneSpec) -> None:
+        super().__init__()
+        self.params = params
+        self.backbone_spec = backbone
+
+    # --- declared configuration -------------------------------------------------------------
+    @classmethod
+    def resolve_params(cls, variant: str, overrides: dict[str, Any] | None = None) -> Any:
+        """The variant's parameters with ``overrides`` applied, validated against ``Params``."""
+        if variant not in cls.variants:
+            known = ", ".join(sorted(cls.variants))
+            raise ConfigError(
+                f"config.method.variant: unknown variant {variant!r} of {cls.registry_name!r}; known: {known}"
+            )
+        merged = {**cls.variants[variant], **(overrides or {})}
+        return from_dict(cls.Params, merged, "config.method.params")
+
+    @classmethod
+    def recipe(cls, name: str) -> TrainRecipe:
+        if name not in cls.recipes:
+            known = ", ".join(sorted(cls.recipes))
+            raise ConfigError(f"config.train.recipe: unknown recipe {name!r} of {cls.registry_name!r}; known: {known}")
+        return cls.recipes[name]
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        """Loss terms; ``"loss"`` is the total that is minimised, the others are logged."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; override for per-module learning rates."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    def train(self, mode: bool = True) -> FewShotMethod:
+        """Switch to training mode, keeping frozen sub-modules (``requires_grad`` all off) in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self.frozen_modules():
+                module.eval()
+        return self
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Sub-modules whose parameters are all frozen: their BatchNorm statistics stay fixed."""
+        frozen = []
+        for child in self.children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                frozen.append(child)
+        return frozen
+
+    @property
+    def is_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def wants_frozen_backbone(self) -> bool:
+        """Combine the method's own choice with the ``backbone.train_mode`` override."""
+        mode = self.backbone_spec.train_mode
+        if mode == "frozen":
+            return True
+        if mode == "finetune":
+            return False
+        return not self.trains_backbone
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)

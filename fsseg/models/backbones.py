@@ -1,0 +1,184 @@
+"""torchvision backbones dilated to output stride 8 (or 16/32), returning named intermediate stages.
+
+ResNets expose ``layer0`` (stem with max-pool, stride 4), ``layer1`` … ``layer4``; VGG-16 exposes
+``conv1`` … ``conv5``. Pretrained weights load only from local files (see :func:`resolve_weights`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from fsseg.atomic import sha256_file
+from fsseg.errors import ConfigError
+from fsseg.method import BackboneSpec
+
+# torchvision's ImageNet checkpoints (file names carry the first hex digits of the file's sha256).
+IMAGENET_FILES: dict[str, str] = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+    "resnet101": "resnet101-63fe2227.pth",
+    "vgg16": "vgg16-397923af.pth",
+}
+
+
+def torch_hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def resolve_weights(spec: BackboneSpec) -> Path | None:
+    """Path of the weights file to load, checked by sha256, or ``None`` for random initialisation."""
+    if spec.weights == "none":
+        return None
+    if spec.weights == "imagenet":
+        file_name = IMAGENET_FILES[spec.name]
+        path = torch_hub_checkpoint_dir() / file_name
+        if not path.is_file():
+            raise ConfigError(
+                f"ImageNet weights for {spec.name} are not available offline: put torchvision's file "
+                f"{file_name} at {path} (or set TORCH_HOME, or backbone.weights to a file path); "
+                "fsseg never downloads"
+            )
+        prefix = file_name.rsplit("-", 1)[1].split(".")[0]
+        digest = sha256_file(path)
+        expected = spec.sha256 or prefix
+        if not digest.startswith(expected):
+            raise ConfigError(f"weights file {path} has sha256 {digest}, expected {expected}…; the file is corrupt")
+        return path
+    path = Path(os.path.expanduser(spec.weights))
+    if not path.is_file():
+        raise ConfigError(f"backbone.weights: file {path} does not exist")
+    if spec.sha256:
+        digest = sha256_file(path)
+        if digest != spec.sha256:
+            raise ConfigError(f"backbone.weights: {path} has sha256 {digest}, expected {spec.sha256}")
+    return path
+
+
+def _dilate_resnet(model: torchvision.models.ResNet, output_stride: int) -> None:
+    """Turn strides of layer3/layer4 into dilation (torchvision's scheme, also for BasicBlock)."""
+    dilate = {8: (True, True), 16: (False, True), 32: (False, False)}[output_stride]
+    dilation = 1
+    for layer, do_dilate in zip((model.layer3, model.layer4), dilate, strict=True):
+        if not do_dilate:
+            continue
+        previous = dilation
+        dilation *= 2
+        for block_index, block in enumerate(layer):
+            block_dilation = previous if block_index == 0 else dilation
+            convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+            for conv in convs:
+                conv.stride = (1, 1)
+                conv.dilation = (block_dilation, block_dilation)
+                conv.padding = (block_dilation, block_dilation)
+            if block.downsample is not None:
+                block.downsample[0].stride = (1, 1)
+
+
+class ResNetBackbone(nn.Module):
+    def __init__(self, name: str, output_stride: int) -> None:
+        super().__init__()
+        net = getattr(torchvision.models, name)(weights=None)
+        _dilate_resnet(net, output_stride)
+        self.layer0 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        expansion = 4 if name in ("resnet50", "resnet101") else 1
+        self.channels = {
+            "layer0": 64,
+            "layer1": 64 * expansion,
+            "layer2": 128 * expansion,
+            "layer3": 256 * expansion,
+            "layer4": 512 * expansion,
+        }
+        self.stages = list(self.channels)
+
+    def forward(self, x: torch.Tensor, stages: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        """Run up to the last requested stage and return the requested ones."""
+        wanted = set(stages or self.stages)
+        last = max(self.stages.index(s) for s in wanted)
+        out = {}
+        for name in self.stages[: last + 1]:
+            x = getattr(self, name)(x)
+            if name in wanted:
+                out[name] = x
+        return out
+
+    def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
+        mapped = OrderedDict()
+        for key, value in state.items():
+            if key.startswith("fc."):
+                continue
+            head, _, rest = key.partition(".")
+            if head in ("conv1", "bn1"):
+                key = f"layer0.{ {'conv1': 0, 'bn1': 1}[head] }.{rest}".replace(" ", "")
+            mapped[key] = value
+        self.load_state_dict(mapped, strict=True)
+
+
+class VGG16Backbone(nn.Module):
+    """VGG-16 features, PANet-style: pool4 and pool5 keep stride 1 and conv5 is dilated by 2 (OS 8)."""
+
+    def __init__(self, output_stride: int) -> None:
+        super().__init__()
+        if output_stride != 8:
+            raise ConfigError("backbone.output_stride: VGG-16 supports only 8")
+        features = torchvision.models.vgg16(weights=None).features
+        layers = list(features.children())
+        # indices of the max-pool layers in torchvision's vgg16.features
+        pools = [4, 9, 16, 23, 30]
+        layers[23] = nn.MaxPool2d(3, stride=1, padding=1)
+        layers[30] = nn.MaxPool2d(3, stride=1, padding=1)
+        for index in range(24, 29):
+            if isinstance(layers[index], nn.Conv2d):
+                layers[index].dilation = (2, 2)
+                layers[index].padding = (2, 2)
+        bounds = [0, *[p + 1 for p in pools[:3]], 30]
+        self.conv1 = nn.Sequential(*layers[bounds[0] : bounds[1]])
+        self.conv2 = nn.Sequential(*layers[bounds[1] : bounds[2]])
+        self.conv3 = nn.Sequential(*layers[bounds[2] : bounds[3]])
+        self.conv4 = nn.Sequential(*layers[bounds[3] : 24])
+        self.conv5 = nn.Sequential(*layers[24:30])
+        self.channels = {"conv1": 64, "conv2": 128, "conv3": 256, "conv4": 512, "conv5": 512}
+        self.stages = list(self.channels)
+
+    forward = ResNetBackbone.forward
+
+    def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = [p for p in self.state_dict()]
+        theirs = [k for k in state if k.startswith("features.")]
+        if len(own) != len(theirs):
+            raise ConfigError("VGG-16 weights file does not match torchvision's vgg16 layout")
+        self.load_state_dict({o: state[t] for o, t in zip(own, theirs, strict=True)}, strict=True)
+
+
+Backbone = ResNetBackbone | VGG16Backbone
+
+
+def build_backbone(spec: BackboneSpec) -> Backbone:
+    """Build the backbone and load its weights (ImageNet, an fsseg pretraining file, or none)."""
+    if spec.name == "vgg16":
+        model: Backbone = VGG16Backbone(spec.output_stride)
+    elif spec.name in ("resnet18", "resnet50", "resnet101"):
+        model = ResNetBackbone(spec.name, spec.output_stride)
+    else:
+        raise ConfigError(f"backbone.name: unknown backbone {spec.name!r}")
+    path = resolve_weights(spec)
+    if path is not None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+            raise ConfigError(f"backbone.weights: cannot load {path}: {err}") from None
+        if isinstance(state, dict) and "backbone" in state:
+            model.load_state_dict(state["backbone"], strict=True)  # written by `fsseg pretrain`
+        else:
+            model.load_torchvision_state(state)
+    return model
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
