@@ -97,6 +97,16 @@ class EvalConfig:
 
 
 @dataclass
+class PretrainConfig:
+    iterations: int = opt(1500, help="steps of base-class semantic-segmentation pretraining", ge=1)
+    batch_size: int = opt(16, help="images per step", ge=1)
+    lr: float = opt(1e-3, help="Adam learning rate (cosine decay to zero)", gt=0)
+    weight_decay: float = opt(1e-4, help="Adam weight decay", ge=0)
+    seed: int = opt(0, help="seed of initialisation and image draws", ge=0)
+    device: str = opt("auto", help="'auto', 'cpu' or 'cuda[:N]'")
+
+
+@dataclass
 class ExperimentConfig:
     fold: int = opt(0, help="fold whose classes are novel", ge=0)
     output_root: str = opt("results", help="root folder of run outputs")
@@ -105,6 +115,17 @@ class ExperimentConfig:
     backbone: BackboneConfig = opt(BackboneConfig())
     train: TrainConfig = opt(TrainConfig())
     eval: EvalConfig = opt(EvalConfig())
+    pretrain: PretrainConfig = opt(PretrainConfig())
+
+    @property
+    def pretrained_backbone_path(self) -> Path:
+        """Where ``fsseg pretrain`` writes this fold's base-class backbone."""
+        return (
+            Path(self.output_root)
+            / self.dataset.name
+            / "backbones"
+            / f"{self.backbone.name}_fold{self.fold}_seed{self.pretrain.seed}.pt"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

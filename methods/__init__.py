@@ -1,0 +1,8 @@
+"""Few-shot segmentation methods; importing this package registers every method below.
+
+Adding a method: create ``methods/<name>/`` with a ``FewShotMethod`` subclass decorated
+``@METHODS.register("<name>")`` and add one import line here (see methods/README.md).
+"""
+
+from methods import colour_floor, panet  # noqa: F401
+from methods import dsmfnet, pfenet  # noqa: F401

@@ -67,3 +67,43 @@ def minmax_normalise(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     lo = flat.min(dim=-1, keepdim=True).values.unsqueeze(-1)
     hi = flat.max(dim=-1, keepdim=True).values.unsqueeze(-1)
     return (x - lo) / (hi - lo + eps)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Bilinear resize of ``x`` [N, C, h, w] with ``align_corners=True`` (the PFENet convention).
+
+    Returns ``x`` itself when it already has ``size``: the resize would be the identity anyway.
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+
+
+def segmentation_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Cross-entropy of ``logits`` [B, 2, h, w], bilinearly resized to ``target`` [B, H, W] if needed.
+
+    Pixels equal to ``ignore_index`` are excluded. A batch whose pixels are all ignored gives a zero
+    loss that still depends on ``logits`` (``F.cross_entropy`` would return NaN and poison training).
+    """
+    logits = resize(logits, target.shape[-2:])
+    if not bool((target != ignore_index).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target.long(), ignore_index=ignore_index)
+
+
+def deep_supervision_loss(
+    outputs: dict[str, torch.Tensor], target: torch.Tensor, aux_weight: float, aux_prefix: str = "aux_logits_"
+) -> dict[str, torch.Tensor]:
+    """``main`` CE on ``outputs["logits"]`` plus ``aux_weight`` × the mean CE of the auxiliary logits.
+
+    Auxiliary logits are the entries whose key starts with ``aux_prefix`` (any resolution; they are
+    resized to the label like the main logits, as PFENet does). Returns ``loss``, ``main`` and ``aux``.
+    """
+    main = segmentation_ce(outputs["logits"], target)
+    aux_keys = sorted(k for k in outputs if k.startswith(aux_prefix))
+    if aux_keys:
+        aux = torch.stack([segmentation_ce(outputs[k], target) for k in aux_keys]).mean()
+    else:
+        aux = main.new_zeros(())
+    return {"loss": main + aux_weight * aux, "main": main.detach(), "aux": aux.detach()}

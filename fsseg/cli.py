@@ -1,0 +1,169 @@
+"""The ``fsseg`` command line: prepare data, pretrain a backbone, train, draw episodes, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fsseg.errors import FssegError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML config file; repeat to compose (later files override earlier ones)",
+    )
+    parser.add_argument(
+        "-s",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set train.iterations=200 (value parsed as YAML); repeatable",
+    )
+
+
+def _load(args: argparse.Namespace):
+    from fsseg.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from fsseg.registry import DATASETS
+
+    DATASETS.get(args.dataset).prepare_from_args(args)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from fsseg.engine.pretrain import pretrain_backbone
+
+    pretrain_backbone(_load(args), Path(args.out) if args.out else None)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from fsseg.engine.train import train
+
+    train(_load(args))
+
+
+def cmd_episodes(args: argparse.Namespace) -> None:
+    from fsseg.engine.build import build_dataset
+    from fsseg.engine.evaluate import ensure_manifest, manifest_path
+
+    cfg = _load(args)
+    path = Path(args.out) if args.out else manifest_path(cfg)
+    manifest = ensure_manifest(cfg, build_dataset(cfg), path)
+    print(f"{path}  sha256:{manifest.content_hash}  episodes:{len(manifest.episodes)}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from fsseg.engine.evaluate import evaluate
+
+    out = evaluate(_load(args), Path(args.manifest) if args.manifest else None, untrained=args.untrained)
+    print(out)
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    from fsseg.config import describe_schema
+
+    if args.describe:
+        print("\n".join(describe_schema()))
+        return
+    cfg = _load(args)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(f"# run folder: {cfg.run_dir}")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from fsseg.registry import DATASETS, METHODS
+
+    print("methods:")
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        print(f"  {name}: variants {', '.join(cls.variants)}; recipes {', '.join(cls.recipes)}")
+    print("datasets:")
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        print(f"  {name}: {len(cls.class_names)} classes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fsseg",
+        description="Few-shot semantic segmentation of aerial images: a benchmark harness. "
+        "Typical use: `fsseg prepare synthetic --root data/synthetic`, then `fsseg train -c CONFIG`, "
+        "`fsseg evaluate -c CONFIG`. Configs are YAML files validated on load (`fsseg config --describe`).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from fsseg.registry import DATASETS
+
+    p = sub.add_parser("prepare", help="prepare a dataset (generate the synthetic one, index a real release)")
+    p.description = "Validate a dataset and write its index (and index-label PNGs) once; nothing is downloaded."
+    dsub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name in DATASETS.names():
+        cls = DATASETS.get(name)
+        dp = dsub.add_parser(name, help=(cls.__doc__ or name).strip().splitlines()[0])
+        cls.add_prepare_arguments(dp)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("pretrain", help="pretrain a backbone on a fold's base classes (shared by methods)")
+    p.description = (
+        "Train the configured backbone as a plain semantic-segmentation network on the base classes of "
+        "the fold (novel-class pixels ignored) and save it for `backbone.weights`."
+    )
+    _add_config_args(p)
+    p.add_argument("--out", help="weights file to write (default: under output_root/<dataset>/backbones/)")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train", help="train a method on a fold's base classes (resumes after a kill)")
+    p.description = "Train the configured method; rerunning after an interruption resumes from the last checkpoint."
+    _add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("episodes", help="draw and save the test-episode manifest of a fold")
+    p.description = "Draw the test episodes of (dataset, fold, eval.shot, eval.episode_seed, eval.n_episodes)."
+    _add_config_args(p)
+    p.add_argument("--out", help="manifest file (default: output_root/manifests/...)")
+    p.set_defaults(func=cmd_episodes)
+
+    p = sub.add_parser("evaluate", help="evaluate a trained run on a test manifest")
+    p.description = "Write per-episode records and a summary (class-wise mIoU, FB-IoU, episode mIoU)."
+    _add_config_args(p)
+    p.add_argument("--manifest", help="manifest file (default: drawn/loaded at output_root/manifests/...)")
+    p.add_argument("--untrained", action="store_true", help="evaluate the untrained method (reference)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("config", help="print the resolved config (or describe every key)")
+    _add_config_args(p)
+    p.add_argument("--describe", action="store_true", help="list every key with its default and meaning")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("list", help="list registered methods (variants, recipes) and datasets")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+    except FssegError as err:
+        print(f"fsseg: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fsseg: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Building what a config names: dataset adapter, method, optimizer and learning-rate schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import torch
+
+from fsseg.atomic import canonical_json
+from fsseg.config import ExperimentConfig
+from fsseg.data.adapter import DatasetAdapter, open_dataset
+from fsseg.method import BackboneSpec, FewShotMethod, TrainRecipe
+from fsseg.registry import METHODS
+from fsseg.schema import from_dict
+
+
+def build_dataset(cfg: ExperimentConfig) -> DatasetAdapter:
+    return open_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.options)
+
+
+def build_method(cfg: ExperimentConfig) -> FewShotMethod:
+    """The configured method, initialised from ``train.train_seed`` (same seed ⇒ same weights)."""
+    method_cls = METHODS.get(cfg.method.name)
+    params = method_cls.resolve_params(cfg.method.variant, cfg.method.params)
+    spec = from_dict(BackboneSpec, dataclasses.asdict(cfg.backbone), "config.backbone")
+    torch.manual_seed(cfg.train.train_seed)
+    return method_cls(params, spec)
+
+
+def effective_recipe(cfg: ExperimentConfig) -> TrainRecipe:
+    """The method's named recipe with every non-null ``train.*`` override applied."""
+    recipe = METHODS.get(cfg.method.name).recipe(cfg.train.recipe)
+    overrides = {
+        f.name: getattr(cfg.train, f.name)
+        for f in dataclasses.fields(TrainRecipe)
+        if hasattr(cfg.train, f.name) and getattr(cfg.train, f.name) is not None
+    }
+    if "lr_steps" in overrides:
+        overrides["lr_steps"] = tuple(overrides["lr_steps"])
+    return dataclasses.replace(recipe, **overrides)
+
+
+def build_optimizer(method: FewShotMethod, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    groups = [g for g in method.param_groups(recipe.lr) if g["params"]]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def lr_factor(recipe: TrainRecipe, iteration: int) -> float:
+    """Multiplier of every group's initial learning rate at ``iteration`` (0-based)."""
+    if recipe.schedule == "constant":
+        return 1.0
+    if recipe.schedule == "step":
+        return recipe.lr_gamma ** sum(iteration >= s for s in recipe.lr_steps)
+    if recipe.schedule == "poly":
+        return (1.0 - iteration / max(recipe.iterations, 1)) ** recipe.poly_power
+    raise ValueError(f"unknown schedule {recipe.schedule!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainRecipe) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(recipe, it))
+
+
+def config_hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
+def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The parts of a config that determine the trained weights (not eval or logging settings)."""
+    data = cfg.to_dict()
+    train = dict(data["train"])
+    for key in ("checkpoint_every", "log_every", "num_workers", "device"):
+        train.pop(key)
+    return {
+        "fold": data["fold"],
+        "method": data["method"],
+        "dataset": {k: v for k, v in data["dataset"].items() if k not in ("label_resolution", "root")},
+        "backbone": data["backbone"],
+        "train": train,
+    }
+
+
+def run_id(cfg: ExperimentConfig) -> str:
+    return f"{cfg.run_name}-{config_hash(training_identity(cfg))[:10]}"

@@ -1,0 +1,233 @@
+"""The evaluation engine: a saved manifest, the trained weights, per-episode records and a summary.
+
+Outputs (``ExperimentConfig.eval_dir``): ``records.csv`` (one row per episode), ``summary.json``
+(``miou``, ``fbiou``, ``episode_miou``, per-class IoU, timing, provenance) and ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from fsseg.atomic import write_json, write_text, write_yaml
+from fsseg.config import ExperimentConfig
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.episodes import EpisodeManifest, build_test_manifest
+from fsseg.data.loading import ManifestEpisodes, collate_episodes
+from fsseg.device import describe_device, resolve_device
+from fsseg.engine.build import build_dataset, build_method, run_id
+from fsseg.engine.progress import Progress
+from fsseg.engine.train import MODEL, to_device
+from fsseg.errors import FssegError
+from fsseg.method import FewShotMethod
+from fsseg.metrics import COUNT_COLUMNS, episode_counts, summarize
+
+RECORD_COLUMNS = (
+    "run_id",
+    "method",
+    "variant",
+    "backbone",
+    "dataset",
+    "fold",
+    "train_shot",
+    "shot",
+    "train_seed",
+    "episode_seed",
+    "manifest_hash",
+    "episode_id",
+    "class_id",
+    "class_name",
+    "query_id",
+    "support_ids",
+    *COUNT_COLUMNS,
+)
+
+
+def manifest_path(cfg: ExperimentConfig) -> Path:
+    """Default location of the manifest shared by every method of (dataset, fold, shot, seed, n)."""
+    return (
+        Path(cfg.output_root)
+        / "manifests"
+        / cfg.dataset.name
+        / f"fold{cfg.fold}_{cfg.eval.split}_shot{cfg.eval.shot}_ep{cfg.eval.episode_seed}"
+        f"_n{cfg.eval.n_episodes}_px{cfg.dataset.min_object_px}.json"
+    )
+
+
+def ensure_manifest(cfg: ExperimentConfig, adapter: DatasetAdapter, path: Path | None = None) -> EpisodeManifest:
+    """Load the manifest at ``path`` (default :func:`manifest_path`), drawing and saving it if absent."""
+    path = path or manifest_path(cfg)
+    if path.is_file():
+        manifest = EpisodeManifest.load(path)
+    else:
+        manifest = build_test_manifest(
+            adapter,
+            cfg.fold,
+            cfg.eval.shot,
+            cfg.eval.episode_seed,
+            cfg.eval.n_episodes,
+            split=cfg.eval.split,
+            min_object_px=cfg.dataset.min_object_px,
+        )
+        manifest.save(path)
+    manifest.check_matches(adapter, cfg.fold)
+    return manifest
+
+
+def run_episodes(
+    method: FewShotMethod,
+    manifest: EpisodeManifest,
+    adapter: DatasetAdapter,
+    cfg: ExperimentConfig,
+    device: torch.device,
+    progress_label: str | None = "eval",
+    timing: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the method on every episode and return per-episode count rows (in episode order)."""
+    dataset = ManifestEpisodes(manifest, adapter, cfg.dataset.image_size, cfg.dataset.label_resolution)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.eval.batch_size,
+        shuffle=False,
+        num_workers=cfg.eval.num_workers,
+        collate_fn=collate_episodes,
+        pin_memory=device.type == "cuda",
+    )
+    progress = Progress(progress_label, len(dataset)) if progress_label else None
+    rows: list[dict[str, Any]] = []
+    model_seconds = 0.0
+    method.eval()
+    with torch.inference_mode():
+        for batch in loader:
+            labels = batch.pop("query_label")
+            batch.pop("query_mask")  # a method never sees the query label at test time
+            batch = to_device(batch, device)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tick = time.perf_counter()
+            logits = method(batch)["logits"]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            model_seconds += time.perf_counter() - tick
+            for b, label in enumerate(labels):
+                item_logits = logits[b : b + 1]
+                if item_logits.shape[-2:] != label.shape:
+                    item_logits = F.interpolate(item_logits, size=label.shape, mode="bilinear", align_corners=False)
+                prediction = item_logits[0].argmax(dim=0).cpu()
+                counts = episode_counts(prediction, label)
+                rows.append({"episode_id": int(batch["episode_id"][b]), **counts.__dict__})
+            if progress:
+                progress.update(len(rows))
+    if timing is not None:
+        timing["model_seconds"] = model_seconds
+    return rows
+
+
+def load_trained(cfg: ExperimentConfig, device: torch.device) -> FewShotMethod:
+    method = build_method(cfg)
+    weights_path = cfg.run_dir / MODEL
+    if not weights_path.is_file():
+        if method.is_trainable:
+            raise FssegError(f"no trained weights at {weights_path}; run `fsseg train` with the same config first")
+    else:
+        method.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    return method.to(device)
+
+
+def evaluate(cfg: ExperimentConfig, manifest_file: Path | None = None, untrained: bool = False) -> Path:
+    """Evaluate the trained run of ``cfg`` on its test manifest; returns the output folder.
+
+    ``untrained`` evaluates the freshly initialised method (the "before training" reference).
+    """
+    device = resolve_device(cfg.eval.device)
+    adapter = build_dataset(cfg)
+    manifest = ensure_manifest(cfg, adapter, manifest_file)
+    if manifest.header["shot"] != cfg.eval.shot:
+        raise FssegError(f"manifest {manifest_file} has shot {manifest.header['shot']}, config eval.shot is {cfg.eval.shot}")
+    method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
+    out_dir = cfg.eval_dir if not untrained else cfg.eval_dir.with_name(cfg.eval_dir.name + "_untrained")
+    timing: dict[str, float] = {}
+    started = time.perf_counter()
+    counts = run_episodes(method, manifest, adapter, cfg, device, timing=timing)
+    wall = time.perf_counter() - started
+
+    rid = run_id(cfg) + ("-untrained" if untrained else "")
+    manifest_hash = manifest.content_hash
+    records = []
+    for episode, row in zip(manifest.episodes, counts, strict=True):
+        records.append(
+            {
+                "run_id": rid,
+                "method": cfg.method.name,
+                "variant": cfg.method.variant,
+                "backbone": cfg.backbone.name,
+                "dataset": cfg.dataset.name,
+                "fold": cfg.fold,
+                "train_shot": cfg.train.shot,
+                "shot": manifest.header["shot"],
+                "train_seed": cfg.train.train_seed,
+                "episode_seed": manifest.header["episode_seed"],
+                "manifest_hash": manifest_hash,
+                "episode_id": episode.episode_id,
+                "class_id": episode.class_id,
+                "class_name": adapter.class_name(episode.class_id),
+                "query_id": episode.query_id,
+                "support_ids": ";".join(episode.support_ids),
+                **{c: row[c] for c in COUNT_COLUMNS},
+            }
+        )
+    metrics = summarize(records, manifest.header["novel_classes"])
+    metrics["class_iou_by_name"] = {adapter.class_name(int(c)): v for c, v in metrics["class_iou"].items()}
+    summary = {
+        "run_id": rid,
+        "method": cfg.method.name,
+        "variant": cfg.method.variant,
+        "dataset": cfg.dataset.name,
+        "fold": cfg.fold,
+        "train_shot": cfg.train.shot,
+        "shot": cfg.eval.shot,
+        "train_seed": cfg.train.train_seed,
+        "episode_seed": cfg.eval.episode_seed,
+        "manifest_hash": manifest_hash,
+        "image_size": cfg.dataset.image_size,
+        "label_resolution": cfg.dataset.label_resolution,
+        "device": describe_device(device),
+        "metrics": metrics,
+        "timing": {
+            "wall_seconds": round(wall, 3),
+            "model_seconds": round(timing["model_seconds"], 3),
+            "model_ms_per_episode": round(1000 * timing["model_seconds"] / len(records), 3),
+            "harness_overhead_fraction": round(1 - timing["model_seconds"] / wall, 4) if wall > 0 else None,
+        },
+    }
+    write_records(out_dir / "records.csv", records)
+    write_yaml(out_dir / "config.yaml", cfg.to_dict())
+    write_json(out_dir / "summary.json", summary)
+    print(
+        f"fsseg: {cfg.run_name} {cfg.eval.shot}-shot on {len(records)} episodes: "
+        f"class mIoU {metrics['miou']:.4f}, FB-IoU {metrics['fbiou']:.4f}, episode mIoU {metrics['episode_miou']:.4f}"
+        f" → {out_dir}",
+        file=sys.stderr,
+    )
+    return out_dir
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RECORD_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    write_text(path, buffer.getvalue())
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))

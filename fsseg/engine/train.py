@@ -1,0 +1,275 @@
+"""The training engine: episodes from the harness, optimisation by the method's recipe, resumable.
+
+Outputs in the run folder (``ExperimentConfig.run_dir``):
+
+* ``config.yaml``: the resolved config; a rerun with a different training config is refused;
+* ``checkpoint.pt``: model, optimizer, scheduler, RNG state and iteration, written atomically
+  every ``train.checkpoint_every`` iterations; a rerun after a kill resumes from it and ends with
+  the same weights as an uninterrupted run;
+* ``train_log.jsonl``: one row per ``train.log_every`` iterations (loss terms, lr, rate);
+* ``model.pt``: the selected weights (last, or best on validation episodes), written at the end;
+* ``train_summary.json``: written last; its presence marks a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from fsseg.atomic import save_torch, write_json, write_text, write_yaml
+from fsseg.config import ExperimentConfig
+from fsseg.data.episodes import TrainEpisodeSampler
+from fsseg.data.loading import TrainEpisodes, collate_episodes
+from fsseg.device import describe_device, resolve_device
+from fsseg.engine.build import (
+    build_dataset,
+    build_method,
+    build_optimizer,
+    build_scheduler,
+    effective_recipe,
+    run_id,
+    training_identity,
+)
+from fsseg.engine.progress import Progress, format_duration
+from fsseg.errors import ConfigError, TrainingDiverged
+from fsseg.method import FewShotMethod
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+SUMMARY = "train_summary.json"
+LOG = "train_log.jsonl"
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _check_same_run(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """Refuse to resume or overwrite a run folder that holds a run of another training config."""
+    stored_path = run_dir / "config.yaml"
+    if not stored_path.is_file():
+        return
+    from fsseg.config import config_from_dict, read_yaml
+
+    stored = config_from_dict(read_yaml(stored_path))
+    if training_identity(stored) != training_identity(cfg):
+        raise ConfigError(
+            f"{run_dir} holds a run of a different training config ({stored_path}); "
+            "delete that folder or change output_root"
+        )
+
+
+def _truncate_log(path: Path, last_iteration: int) -> None:
+    """Keep the log rows of iterations the checkpoint covers (a resumed run rewrites the rest)."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if json.loads(r).get("iteration", 0) <= last_iteration]
+    write_text(path, "".join(r + "\n" for r in kept))
+
+
+def train(
+    cfg: ExperimentConfig,
+    stop_after: int | None = None,
+    on_iteration: Callable[[int], None] | None = None,
+) -> Path:
+    """Train (or resume, or skip if finished) the configured run; returns the run folder.
+
+    ``stop_after`` ends this invocation after that many total iterations without finishing the run
+    (as if killed right after a checkpoint); ``on_iteration`` is called after each step (tests use it
+    to simulate a kill at an arbitrary point).
+    """
+    run_dir = cfg.run_dir
+    if (run_dir / SUMMARY).is_file() and (run_dir / MODEL).is_file():
+        _check_same_run(run_dir, cfg)
+        print(f"fsseg: {run_dir} is already trained; nothing to do", file=sys.stderr)
+        return run_dir
+    _check_same_run(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(run_dir / "config.yaml", cfg.to_dict())
+
+    device = resolve_device(cfg.train.device)
+    recipe = effective_recipe(cfg)
+    adapter = build_dataset(cfg)
+    method = build_method(cfg).to(device)
+    total = recipe.iterations if method.is_trainable else 0
+    optimizer = build_optimizer(method, recipe) if method.is_trainable else None
+    scheduler = build_scheduler(optimizer, recipe) if optimizer is not None else None
+
+    start = 0
+    best: dict[str, Any] = {"miou": -math.inf, "iteration": None}
+    checkpoint_path = run_dir / CHECKPOINT
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        method.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        start = state["iteration"]
+        best = state["best"]
+        _truncate_log(run_dir / LOG, start)
+        print(f"fsseg: resuming {run_dir} from iteration {start}", file=sys.stderr)
+    else:
+        # Dropout and other in-training randomness draw from this stream; the checkpoint saves it.
+        torch.manual_seed(cfg.train.train_seed + 1)
+
+    validator = _Validator(cfg, adapter, method, device) if cfg.train.selection == "best_val" and total else None
+    sampler = TrainEpisodeSampler(
+        adapter,
+        cfg.fold,
+        cfg.train.shot,
+        cfg.train.train_seed,
+        cfg.dataset.train_filter,
+        cfg.dataset.min_object_px,
+        split=adapter.train_split,
+    )
+    episodes = TrainEpisodes(sampler, cfg.dataset.image_size, cfg.train.augment, total * recipe.batch_size)
+    loader = DataLoader(
+        episodes,
+        batch_size=recipe.batch_size,
+        sampler=range(start * recipe.batch_size, total * recipe.batch_size),
+        num_workers=cfg.train.num_workers,
+        collate_fn=collate_episodes,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
+    print(
+        f"fsseg: training {cfg.run_name} on {describe_device(device)}: {total} iterations × "
+        f"{recipe.batch_size} episodes, {recipe.optimizer} lr {recipe.lr:g} ({recipe.schedule})",
+        file=sys.stderr,
+    )
+    progress = Progress("train", total, start)
+    method.train()
+    log_rows: list[str] = []
+    iteration = start
+    started = time.perf_counter()
+    for batch in loader:
+        batch = to_device(batch, device)
+        outputs = method(batch)
+        losses = method.loss(outputs, batch)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise TrainingDiverged(
+                f"training of {cfg.run_name} diverged at iteration {iteration + 1}: loss is not finite ({parts}); "
+                f"lower train.lr (now {recipe.lr:g}) or check the data. Last checkpoint: {checkpoint_path}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        iteration += 1
+        if iteration % cfg.train.log_every == 0 or iteration == total:
+            row = {"iteration": iteration, "lr": optimizer.param_groups[0]["lr"], "rate_it_s": progress.rate(iteration)}
+            row.update({k: float(v.detach()) for k, v in losses.items()})
+            log_rows.append(json.dumps(row))
+            terms = " ".join(f"{k} {row[k]:.4f}" for k in losses)
+            progress.update(iteration, terms)
+        if validator is not None and (iteration % cfg.train.val_every == 0 or iteration == total):
+            score = validator.score()
+            method.train()
+            if score > best["miou"]:
+                best = {"miou": score, "iteration": iteration}
+                save_torch(run_dir / "model_best.pt", method.state_dict())
+            log_rows.append(json.dumps({"iteration": iteration, "val_miou": score}))
+        if iteration % cfg.train.checkpoint_every == 0 or iteration == total:
+            _append_log(run_dir / LOG, log_rows)
+            log_rows = []
+            state = {
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "iteration": iteration,
+                "best": best,
+            }
+            save_torch(checkpoint_path, state)
+        if on_iteration is not None:
+            on_iteration(iteration)
+        if stop_after is not None and iteration >= stop_after and iteration < total:
+            return run_dir
+    _append_log(run_dir / LOG, log_rows)
+    _finish(cfg, run_dir, method, best, total, time.perf_counter() - started, device)
+    return run_dir
+
+
+def _append_log(path: Path, rows: list[str]) -> None:
+    if not rows:
+        return
+    existing = path.read_text() if path.is_file() else ""
+    write_text(path, existing + "".join(r + "\n" for r in rows))
+
+
+def _finish(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    method: FewShotMethod,
+    best: dict[str, Any],
+    total: int,
+    seconds: float,
+    device: torch.device,
+) -> None:
+    if cfg.train.selection == "best_val" and best["iteration"] is not None:
+        weights = torch.load(run_dir / "model_best.pt", map_location="cpu", weights_only=True)
+        selected = f"best_val (iteration {best['iteration']}, val miou {best['miou']:.4f})"
+    else:
+        weights = method.state_dict()
+        selected = "last"
+    save_torch(run_dir / MODEL, weights)
+    n_total = sum(p.numel() for p in method.parameters())
+    n_trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
+    write_json(
+        run_dir / SUMMARY,
+        {
+            "run_id": run_id(cfg),
+            "iterations": total,
+            "train_seconds_this_invocation": round(seconds, 2),
+            "device": describe_device(device),
+            "selection": selected,
+            "params_total": n_total,
+            "params_trainable": n_trainable,
+        },
+    )
+    print(f"fsseg: finished {cfg.run_name} in {format_duration(seconds)}; weights: {run_dir / MODEL}", file=sys.stderr)
+
+
+class _Validator:
+    """Class-wise mIoU on a fixed validation manifest (novel classes, val split, never the test split)."""
+
+    def __init__(self, cfg: ExperimentConfig, adapter: Any, method: FewShotMethod, device: torch.device) -> None:
+        from fsseg.data.episodes import build_test_manifest
+
+        self.cfg = cfg
+        self.method = method
+        self.device = device
+        self.adapter = adapter
+        self.manifest = build_test_manifest(
+            adapter,
+            cfg.fold,
+            cfg.eval.shot,
+            cfg.train.val_episode_seed,
+            cfg.train.val_episodes,
+            split=adapter.val_split,
+            min_object_px=cfg.dataset.min_object_px,
+        )
+
+    def score(self) -> float:
+        from fsseg.engine.evaluate import run_episodes
+        from fsseg.metrics import summarize
+
+        records = run_episodes(
+            self.method, self.manifest, self.adapter, self.cfg, self.device, progress_label=None
+        )
+        return summarize(records, self.manifest.header["novel_classes"])["miou"]

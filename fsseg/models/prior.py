@@ -1,0 +1,78 @@
+"""The training-free prior of PFENet (Tian et al., TPAMI 2020), shared by PFENet and DSMF-Net.
+
+For every query pixel the prior is the highest cosine similarity between its high-level (layer4)
+feature and any foreground pixel of the support's high-level features; each map is min-max
+normalised over the query pixels and the maps of the K shots are averaged. The maths follows the
+official implementation (dvlab-research/PFENet, ``model/PFENet.py``):
+
+* the support mask is resized to the feature size bilinearly with ``align_corners=True`` and
+  multiplies the support features (soft mask at object borders);
+* cosine = <s, q> / (|s| |q| + eps) with eps = 1e-7 added to the *product* of the norms;
+* min-max normalisation over the query pixels with the same eps, per shot, before averaging.
+
+The official code also masks the support's layer3 output *before* it enters layer4
+(:func:`high_level_features` with ``mask_input=True``), so background context does not leak into the
+support's high-level features through layer4's receptive field.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fsseg.models.ops import minmax_normalise, resize
+
+PRIOR_EPS = 1e-7
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Resize a float mask [N, H, W] or [N, 1, H, W] to [N, 1, *size] (bilinear, align_corners=True)."""
+    if mask.dim() == 3:
+        mask = mask.unsqueeze(1)
+    return resize(mask.float(), size)
+
+
+def high_level_features(
+    stage: nn.Module,
+    query_prev: torch.Tensor,
+    support_prev: torch.Tensor,
+    support_fg: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the high-level ``stage`` (e.g. layer4) on query and support features in one batch.
+
+    ``query_prev`` [B, C, h, w] and ``support_prev`` [B*K, C, h, w] are the previous stage's outputs.
+    When ``support_fg`` [B*K, H, W] (float foreground) is given, the support input is multiplied by
+    the mask resized to its size first, as the official PFENet does. Returns (query, support) outputs.
+    """
+    if support_fg is not None:
+        support_prev = support_prev * resize_mask(support_fg, support_prev.shape[-2:])
+    out = stage(torch.cat([query_prev, support_prev], dim=0))
+    return out[: query_prev.shape[0]], out[query_prev.shape[0] :]
+
+
+def training_free_prior(
+    query_high: torch.Tensor, support_high: torch.Tensor, support_fg: torch.Tensor, eps: float = PRIOR_EPS
+) -> torch.Tensor:
+    """The PFENet prior map [B, 1, h, w] at the resolution of ``query_high``.
+
+    Args:
+        query_high: query high-level features [B, C, h, w].
+        support_high: support high-level features [B, K, C, hs, ws].
+        support_fg: support foreground masks [B, K, H, W] (float, any resolution; 1 = foreground).
+        eps: added to the product of the norms and to the min-max range, as in the official code.
+    """
+    b, k, c, hs, ws = support_high.shape
+    h, w = query_high.shape[-2:]
+    q = query_high.flatten(2)  # [B, C, Nq]
+    q_norm = q.norm(dim=1, keepdim=True)  # [B, 1, Nq]
+    prior = query_high.new_zeros(b, 1, h, w)
+    # One shot at a time: the [Ns, Nq] similarity matrix is the memory peak (13M entries per image
+    # at 473 px), so looping keeps it at one shot's worth, like the official implementation.
+    for shot in range(k):
+        mask = resize_mask(support_fg[:, shot], (hs, ws))  # [B, 1, hs, ws]
+        s = (support_high[:, shot] * mask).flatten(2).transpose(1, 2)  # [B, Ns, C]
+        s_norm = s.norm(dim=2, keepdim=True)  # [B, Ns, 1]
+        similarity = torch.bmm(s, q) / (torch.bmm(s_norm, q_norm) + eps)  # [B, Ns, Nq]
+        best = similarity.max(dim=1).values.view(b, 1, h, w)
+        prior = prior + minmax_normalise(best, eps=eps)
+    return prior / k

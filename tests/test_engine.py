@@ -1,0 +1,140 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from fsseg.engine.evaluate import evaluate, read_records
+from fsseg.engine.train import CHECKPOINT, MODEL, SUMMARY, train
+from fsseg.errors import ConfigError, DataError, TrainingDiverged
+from fsseg.metrics import summarize
+
+
+class Killed(Exception):
+    pass
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / MODEL, weights_only=True)
+
+
+def test_resume_after_kill_gives_identical_weights(toy_config, tmp_path):
+    full = train(toy_config("train.iterations=7", f"output_root={tmp_path}/a"))
+    cfg = toy_config("train.iterations=7", f"output_root={tmp_path}/b")
+
+    def kill_at_5(iteration):  # after the checkpoint at 3, in the middle of the next interval
+        if iteration == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, on_iteration=kill_at_5)
+    assert (cfg.run_dir / CHECKPOINT).is_file() and not (cfg.run_dir / MODEL).exists()
+    assert torch.load(cfg.run_dir / CHECKPOINT, weights_only=False)["iteration"] == 3
+    resumed = train(cfg)
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in log] == list(range(1, 8))
+    # a finished run is not retrained
+    before = (resumed / MODEL).stat().st_mtime_ns
+    train(cfg)
+    assert (resumed / MODEL).stat().st_mtime_ns == before
+
+
+def test_changed_training_config_refuses_to_reuse_the_run_folder(toy_config):
+    cfg = toy_config("train.iterations=2")
+    train(cfg)
+    with pytest.raises(ConfigError, match="holds a run of a different training config"):
+        train(toy_config("train.iterations=2", "train.lr=0.5"))
+
+
+def test_evaluation_records_reproduce_summary_and_are_deterministic(toy_config):
+    cfg = toy_config("train.iterations=3")
+    train(cfg)
+    out = evaluate(cfg)
+    records = read_records(out / "records.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(records) == cfg.eval.n_episodes
+    again = summarize(records, [int(c) for c in summary["metrics"]["class_iou"]])
+    for key in ("miou", "fbiou", "episode_miou"):
+        assert again[key] == pytest.approx(summary["metrics"][key], abs=1e-12)
+    # by hand: class-wise mIoU straight from the CSV columns
+    per_class = {}
+    for r in records:
+        i, u = per_class.get(r["class_id"], (0, 0))
+        per_class[r["class_id"]] = (i + int(r["fg_intersection"]), u + int(r["fg_union"]))
+    by_hand = sum(i / u for i, u in per_class.values()) / len(per_class)
+    assert by_hand == pytest.approx(summary["metrics"]["miou"], abs=1e-12)
+    first = (out / "records.csv").read_bytes()
+    evaluate(cfg)
+    assert (out / "records.csv").read_bytes() == first
+    assert {r["query_id"] for r in records}.isdisjoint({""})
+    assert all(r["query_id"] not in r["support_ids"].split(";") for r in records)
+
+
+def test_untrained_method_cannot_be_evaluated_without_weights(toy_config):
+    with pytest.raises(Exception, match="no trained weights"):
+        evaluate(toy_config())
+
+
+def test_colour_floor_needs_no_training(toy_config):
+    cfg = toy_config("method.name=colour_floor")
+    run_dir = train(cfg)
+    assert json.loads((run_dir / SUMMARY).read_text())["iterations"] == 0
+    out = evaluate(cfg)
+    assert json.loads((out / "summary.json").read_text())["metrics"]["miou"] >= 0
+
+
+def test_nan_loss_stops_with_clear_message(toy_config):
+    cfg = toy_config("train.lr=1e30", "train.optimizer=sgd", "train.iterations=20")
+    with pytest.raises(TrainingDiverged, match=r"diverged at iteration \d+: loss is not finite"):
+        train(cfg)
+
+
+def _copy_toy(toy_root, tmp_path):
+    root = tmp_path / "toy_copy"
+    shutil.copytree(toy_root, root)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing_image", r"image file is missing: .*test_\d+\.png"),
+        ("corrupt_image", r"image file is corrupt or unreadable: .*test_\d+\.png"),
+        ("mask_size", r"mask .*test_\d+\.png is 8x8 but its image is 32x32"),
+        ("label_value", r"mask .*test_\d+\.png holds label value\(s\) \[9\] outside the 6 classes"),
+    ],
+)
+def test_bad_data_files_give_clear_errors_and_no_output(toy_config, toy_root, tmp_path, damage, message):
+    import numpy as np
+    from PIL import Image
+
+    root = _copy_toy(toy_root, tmp_path)
+    cfg = toy_config("method.name=colour_floor", f"dataset.root={root}")
+    train(cfg)
+    from fsseg.engine.build import build_dataset
+    from fsseg.engine.evaluate import ensure_manifest
+
+    victim = ensure_manifest(cfg, build_dataset(cfg)).episodes[0].query_id
+    image, mask = root / "images" / "test" / f"{victim}.png", root / "masks" / "test" / f"{victim}.png"
+    if damage == "missing_image":
+        image.unlink()
+    elif damage == "corrupt_image":
+        image.write_bytes(b"not a png")
+    elif damage == "mask_size":
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(mask)
+    else:
+        arr = np.array(Image.open(mask))
+        arr[0, 0] = 9
+        Image.fromarray(arr).save(mask)
+    with pytest.raises(DataError, match=message):
+        evaluate(cfg)
+    assert not cfg.eval_dir.exists()
+
+
+def test_unprepared_dataset_says_how_to_prepare(toy_config, tmp_path):
+    with pytest.raises(DataError, match="run `fsseg prepare toy"):
+        train(toy_config(f"dataset.root={tmp_path / 'nowhere'}"))
