@@ -48,7 +48,9 @@ class DatasetConfig:
 class BackboneConfig:
     name: Literal["resnet18", "resnet50", "resnet101", "vgg16"] = opt("resnet18", help="backbone network")
     weights: str = opt(
-        "none", help="'none' (random init), 'imagenet' (torchvision cache file) or a path to a state dict"
+        "none",
+        help="'none' (random init), 'imagenet' (torchvision cache file), 'fold_pretrained' (the fold's "
+        "base-class backbone from `fsseg pretrain`) or a path to a weights file",
     )
     sha256: str | None = opt(None, help="expected sha256 of the weights file (checked when given)")
     output_stride: Literal[8, 16, 32] = opt(8, help="output stride of the dilated backbone")

@@ -11,6 +11,7 @@ import torch
 from fsseg.atomic import canonical_json
 from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter, open_dataset
+from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec, FewShotMethod, TrainRecipe
 from fsseg.registry import METHODS
 from fsseg.schema import from_dict
@@ -25,6 +26,14 @@ def build_method(cfg: ExperimentConfig) -> FewShotMethod:
     method_cls = METHODS.get(cfg.method.name)
     params = method_cls.resolve_params(cfg.method.variant, cfg.method.params)
     spec = from_dict(BackboneSpec, dataclasses.asdict(cfg.backbone), "config.backbone")
+    if spec.weights == "fold_pretrained":
+        path = cfg.pretrained_backbone_path
+        if not path.is_file():
+            raise ConfigError(
+                f"backbone.weights is 'fold_pretrained' but {path} does not exist; "
+                "run `fsseg pretrain` with the same config first"
+            )
+        spec.weights = str(path)
     torch.manual_seed(cfg.train.train_seed)
     return method_cls(params, spec)
 

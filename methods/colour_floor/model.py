@@ -25,7 +25,8 @@ class ColourFloorParams:
 @METHODS.register("colour_floor")
 class ColourFloor(FewShotMethod):
     Params = ColourFloorParams
-    recipes = {"default": TrainRecipe(iterations=0, description="nothing to train")}
+    # Every recipe name other methods use exists here too, so one config drives all methods.
+    recipes = dict.fromkeys(("default", "synthetic", "official"), TrainRecipe(iterations=0, description="nothing to train"))
     trains_backbone = False
 
     def __init__(self, params: ColourFloorParams, backbone: BackboneSpec) -> None:
