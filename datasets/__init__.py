@@ -1,0 +1,1 @@
+from datasets import dlrsd, isaid5i, synthetic  # noqa: F401

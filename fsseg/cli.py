@@ -69,6 +69,40 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(out)
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Time the configured method. Rule: the backbone is always randomly initialised
+    (``fsseg.efficiency.BENCH_OVERRIDES``: ``backbone.weights=none``), because parameters, FLOPs,
+    latency and memory do not depend on weight values; no pretrained or trained file is needed."""
+    import torch
+
+    from fsseg.atomic import write_json
+    from fsseg.config import load_config
+    from fsseg.device import resolve_device
+    from fsseg.efficiency import BENCH_OVERRIDES, bench_config, format_table, table_footnote
+
+    cfg = load_config(args.config, [*args.set, *BENCH_OVERRIDES])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = bench_config(
+        cfg,
+        sizes=args.sizes,
+        shots=args.shots,
+        device=resolve_device(args.device or cfg.eval.device),
+        batch_size=args.batch_size,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        amp_bf16=args.bf16,
+        channels_last=args.channels_last,
+        log=sys.stderr,
+    )
+    print(format_table(rows))
+    print(table_footnote(rows))
+    if args.out:
+        document = {"config": cfg.to_dict(), "bench_overrides": list(BENCH_OVERRIDES), "results": rows}
+        write_json(args.out, document)
+        print(f"# written to {args.out}")
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     import yaml
 
@@ -93,6 +127,14 @@ def cmd_list(args: argparse.Namespace) -> None:
     for name in DATASETS.names():
         cls = DATASETS.get(name)
         print(f"  {name}: {len(cls.class_names)} classes")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from fsseg.compare import run_compare
+
+    run_compare(
+        args.runs, metric=args.metric, n_boot=args.bootstrap, seed=args.seed, output_format=args.format
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +184,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--untrained", action="store_true", help="evaluate the untrained method (reference)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("bench", help="measure params, FLOPs, latency/FPS and peak memory of a method")
+    p.description = (
+        "Time the configured method on synthetic episodes (randomly initialised backbone: weights do not "
+        "change the cost) over image sizes x shots and print a table; bf16/channels-last runs are added "
+        "next to the fp32 run when asked for."
+    )
+    _add_config_args(p)
+    p.add_argument("--sizes", type=int, nargs="+", metavar="PX", help="input sizes (default: image_size)")
+    p.add_argument("--shots", type=int, nargs="+", metavar="K", help="shots (default: eval.shot)")
+    p.add_argument("--batch-size", type=int, default=1, help="episodes per forward (default 1)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed forwards first (default 5)")
+    p.add_argument("--repeats", type=int, default=20, help="timed forwards (default 20)")
+    p.add_argument("--device", help="auto, cpu or cuda[:N] (default: eval.device)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--bf16", action="store_true", help="also time under bf16 autocast")
+    p.add_argument("--channels-last", action="store_true", help="also time in channels-last memory format")
+    p.add_argument("--out", help="JSON file to write the results to (atomically)")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("config", help="print the resolved config (or describe every key)")
     _add_config_args(p)
     p.add_argument("--describe", action="store_true", help="list every key with its default and meaning")
@@ -149,6 +210,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered methods (variants, recipes) and datasets")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "compare",
+        help="paired statistics of two runs from their saved per-episode records",
+        usage="fsseg compare RUN_A RUN_B [--bootstrap N] [--seed S] [--metric {miou,fbiou}] "
+        "[--format {table,csv,json}]",
+    )
+    p.description = (
+        "Is A better than B? Paired t-test and Wilcoxon over fold × train_seed units, paired bootstrap over "
+        "shared episodes; nothing is re-run. Refuses runs scored on different episode manifests."
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="RUN_A and RUN_B: each a folder (searched for records.csv), a records.csv file, a quoted glob, "
+        "or a comma-separated list of those",
+    )
+    p.add_argument("--bootstrap", type=int, default=10_000, metavar="N", help="bootstrap resamples (0: skip)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed (default 0)")
+    p.add_argument("--metric", choices=("miou", "fbiou"), default="miou", help="class-wise mIoU or FB-IoU")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

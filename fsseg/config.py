@@ -105,6 +105,7 @@ class PretrainConfig:
     lr: float = opt(1e-3, help="Adam learning rate (cosine decay to zero)", gt=0)
     weight_decay: float = opt(1e-4, help="Adam weight decay", ge=0)
     seed: int = opt(0, help="seed of initialisation and image draws", ge=0)
+    init_weights: str = opt("none", help="starting weights: 'none', 'imagenet' or a file path")
     device: str = opt("auto", help="'auto', 'cpu' or 'cuda[:N]'")
 
 
@@ -155,7 +156,9 @@ class ExperimentConfig:
 
     @property
     def eval_dir(self) -> Path:
-        return self.run_dir / "eval" / f"shot{self.eval.shot}_ep{self.eval.episode_seed}_n{self.eval.n_episodes}"
+        return (
+            self.run_dir / "eval" / f"shot{self.eval.shot}_ep{self.eval.episode_seed}_n{self.eval.n_episodes}"
+        )
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +209,9 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
-def compose(files: list[str | Path] = (), overrides: list[str] = (), base: dict | None = None) -> dict[str, Any]:
+def compose(
+    files: list[str | Path] = (), overrides: list[str] = (), base: dict | None = None
+) -> dict[str, Any]:
     """Merge YAML files then overrides into one raw dict (not yet validated)."""
     raw: dict[str, Any] = copy.deepcopy(base or {})
     for file in files:
@@ -241,7 +246,9 @@ def resolve_method_and_dataset(cfg: ExperimentConfig) -> None:
     )
     n_folds = dataset_cls.num_folds(cfg.dataset.options)
     if cfg.fold >= n_folds:
-        raise ConfigError(f"config.fold: {cfg.fold} is out of range; dataset {cfg.dataset.name!r} has {n_folds} folds")
+        raise ConfigError(
+            f"config.fold: {cfg.fold} is out of range; dataset {cfg.dataset.name!r} has {n_folds} folds"
+        )
 
 
 def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:

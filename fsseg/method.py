@@ -95,7 +95,9 @@ class FewShotMethod(nn.Module):
     def recipe(cls, name: str) -> TrainRecipe:
         if name not in cls.recipes:
             known = ", ".join(sorted(cls.recipes))
-            raise ConfigError(f"config.train.recipe: unknown recipe {name!r} of {cls.registry_name!r}; known: {known}")
+            raise ConfigError(
+                f"config.train.recipe: unknown recipe {name!r} of {cls.registry_name!r}; known: {known}"
+            )
         return cls.recipes[name]
 
     # --- hooks ---------------------------------------------------------------------------------

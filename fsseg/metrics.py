@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fsseg import IGNORE_INDEX
+
+if TYPE_CHECKING:  # torch is imported lazily: `fsseg compare` works on records alone
+    import torch
 
 COUNT_COLUMNS = ("fg_intersection", "fg_union", "bg_intersection", "bg_union")
 
@@ -46,7 +48,9 @@ def episode_counts(prediction: torch.Tensor, label: torch.Tensor) -> EpisodeCoun
     ``label`` holds 0, 1 or 255 (ignored). ``prediction`` holds 0/1.
     """
     if prediction.shape != label.shape:
-        raise ValueError(f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} differ in size")
+        raise ValueError(
+            f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} differ in size"
+        )
     valid = label != IGNORE_INDEX
     pred_fg = (prediction == 1) & valid
     true_fg = (label == 1) & valid

@@ -63,7 +63,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        key_tp, val_tp = get_args(tp) or (Any, Any)
+        _key_tp, val_tp = get_args(tp) or (Any, Any)
         return {k: _convert(v, val_tp, f"{path}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
@@ -143,7 +143,7 @@ def to_dict(instance: Any) -> Any:
     return instance
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any:  # noqa: A002
+def opt(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any:
     """A dataclass field with validation metadata; mutable defaults are copied per instance."""
     meta["help"] = help
     if isinstance(default, list | dict):

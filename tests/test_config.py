@@ -16,7 +16,10 @@ def test_defaults_resolve_method_params():
         ("train.itrations=5", r"config\.train: unknown key\(s\) 'itrations'"),
         ("train.iterations=-1", r"config\.train\.iterations: -1 is out of range \(must be >= 0\)"),
         ("train.lr=fast", r"config\.train\.lr: expected .*got 'fast'"),
-        ("dataset.train_filter=drop", r"config\.dataset\.train_filter: expected one of 'none', 'remove_novel', got 'drop'"),
+        (
+            "dataset.train_filter=drop",
+            r"config\.dataset\.train_filter: expected one of 'none', 'remove_novel', got 'drop'",
+        ),
         ("method.params.align_weight=-2", r"config\.method\.params\.align_weight: -2.0 is out of range"),
         ("method.params.alignn=true", r"config\.method\.params: unknown key\(s\) 'alignn'"),
         ("method.variant=nope", r"unknown variant 'nope' of 'panet'; known: default, no_align"),
@@ -45,7 +48,7 @@ def test_files_compose_and_bad_yaml(tmp_path):
     assert (cfg.train.iterations, cfg.train.lr, cfg.train.batch_size) == (5, 0.2, 3)
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml is not valid YAML"):
         load_config([bad])
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config([tmp_path / "missing.yaml"])

@@ -55,7 +55,9 @@ def test_tampered_manifest_is_refused(toy, tmp_path):
 
 
 def test_too_few_images_names_the_class(toy):
-    with pytest.raises(DataError, match=r"class 1 \(a\) has \d+ usable image\(s\) in split 'test', needs at least 20"):
+    with pytest.raises(
+        DataError, match=r"class 1 \(a\) has \d+ usable image\(s\) in split 'test', needs at least 20"
+    ):
         build_test_manifest(toy, fold=0, shot=19, episode_seed=0, n_episodes=5)
 
 
@@ -80,8 +82,12 @@ def test_remove_novel_filter_drops_images_with_novel_pixels(toy):
 def test_episode_tensors_do_not_depend_on_workers(toy, workers):
     m = build_test_manifest(toy, fold=0, shot=1, episode_seed=0, n_episodes=8)
     reference = [ManifestEpisodes(m, toy, 32, "original")[i] for i in range(8)]
-    loader = DataLoader(ManifestEpisodes(m, toy, 32, "original"), batch_size=3, num_workers=workers,
-                        collate_fn=collate_episodes)
+    loader = DataLoader(
+        ManifestEpisodes(m, toy, 32, "original"),
+        batch_size=3,
+        num_workers=workers,
+        collate_fn=collate_episodes,
+    )
     got = [b for b in loader]
     flat_ids = torch.cat([b["episode_id"] for b in got]).tolist()
     assert flat_ids == list(range(8))

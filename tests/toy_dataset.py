@@ -30,7 +30,9 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def make_toy_dataset(root: Path, size: int = 32, per_split: dict[str, int] | None = None, seed: int = 0) -> Path:
+def make_toy_dataset(
+    root: Path, size: int = 32, per_split: dict[str, int] | None = None, seed: int = 0
+) -> Path:
     per_split = per_split or {"train": 36, "val": 12, "test": 40}
     splits = {}
     for split_index, (split, count) in enumerate(per_split.items()):
@@ -49,7 +51,9 @@ def make_toy_dataset(root: Path, size: int = 32, per_split: dict[str, int] | Non
             write_bytes(root / "images" / split / f"{image_id}.png", _png(image))
             write_bytes(root / "masks" / split / f"{image_id}.png", _png(mask))
             rows.append(
-                build_index_entry(image_id, f"images/{split}/{image_id}.png", f"masks/{split}/{image_id}.png", mask, 6)
+                build_index_entry(
+                    image_id, f"images/{split}/{image_id}.png", f"masks/{split}/{image_id}.png", mask, 6
+                )
             )
         splits[split] = rows
     write_index(root, "toy", splits, {"seed": seed, "size": size})

@@ -106,9 +106,19 @@ class DatasetAdapter:
             raise DataError(f"{descriptor} is not valid JSON: {err}") from None
         if self.descriptor.get("dataset") != self.registry_name:
             raise DataError(
-                f"{descriptor} describes dataset {self.descriptor.get('dataset')!r}, not {self.registry_name!r}"
+                f"{descriptor} describes dataset {self.descriptor.get('dataset')!r}, "
+                f"not {self.registry_name!r}"
             )
         self._entries: dict[str, dict[str, ImageEntry]] = {}
+
+    # --- preparation (subclasses override) -----------------------------------------------------
+    @classmethod
+    def add_prepare_arguments(cls, parser: Any) -> None:
+        """Options of ``fsseg prepare <name>``; datasets without a prepare step add none."""
+
+    @classmethod
+    def prepare_from_args(cls, args: Any) -> None:
+        raise DataError(f"dataset {cls.registry_name!r} has no prepare step")
 
     # --- classes and folds -----------------------------------------------------------------------
     @classmethod
@@ -137,7 +147,9 @@ class DatasetAdapter:
 
     def novel_classes(self, fold: int) -> list[int]:
         if not 0 <= fold < len(self.folds):
-            raise DataError(f"fold {fold} is out of range for {self.registry_name!r} ({len(self.folds)} folds)")
+            raise DataError(
+                f"fold {fold} is out of range for {self.registry_name!r} ({len(self.folds)} folds)"
+            )
         return list(self.folds[fold])
 
     def base_classes(self, fold: int) -> list[int]:
@@ -183,7 +195,8 @@ class DatasetAdapter:
         return sorted(
             image_id
             for image_id, entry in self.entries(split).items()
-            if entry.class_pixels.get(class_id, 0) > 0 and entry.class_pixels.get(class_id, 0) >= min_object_px
+            if entry.class_pixels.get(class_id, 0) > 0
+            and entry.class_pixels.get(class_id, 0) >= min_object_px
         )
 
     def contains_any(self, split: str, image_id: str, class_ids: set[int]) -> bool:
@@ -211,7 +224,8 @@ class DatasetAdapter:
         mask = read_label_file(path)
         if mask.shape != entry.size:
             raise DataError(
-                f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is {entry.size[1]}x{entry.size[0]}"
+                f"mask {path} is {mask.shape[1]}x{mask.shape[0]} "
+                f"but its image is {entry.size[1]}x{entry.size[0]}"
             )
         bad = np.setdiff1d(np.unique(mask), [*range(self.num_classes + 1), IGNORE_INDEX])
         if bad.size:
@@ -225,7 +239,9 @@ class DatasetAdapter:
         try:
             return self.entries(split)[image_id]
         except KeyError:
-            raise DataError(f"image id {image_id!r} is not in split {split!r} of {self.registry_name!r}") from None
+            raise DataError(
+                f"image id {image_id!r} is not in split {split!r} of {self.registry_name!r}"
+            ) from None
 
 
 def open_dataset(name: str, root: str | Path, options: dict[str, Any] | None = None) -> DatasetAdapter:
@@ -239,9 +255,7 @@ def build_index_entry(
 ) -> dict[str, Any]:
     """Index row for one image, counting the pixels of every class present in its mask."""
     values, counts = np.unique(mask, return_counts=True)
-    class_pixels = {
-        str(int(v)): int(n) for v, n in zip(values, counts, strict=True) if 1 <= v <= num_classes
-    }
+    class_pixels = {str(int(v)): int(n) for v, n in zip(values, counts, strict=True) if 1 <= v <= num_classes}
     return {
         "id": image_id,
         "image": image_rel,
@@ -260,5 +274,10 @@ def write_index(root: Path, dataset: str, splits: dict[str, list[dict[str, Any]]
         write_json(root / "index" / f"{split}.json", {"split": split, "images": rows})
     write_json(
         root / DESCRIPTOR,
-        {"dataset": dataset, "format_version": INDEX_FORMAT_VERSION, "options": options, "splits": sorted(splits)},
+        {
+            "dataset": dataset,
+            "format_version": INDEX_FORMAT_VERSION,
+            "options": options,
+            "splits": sorted(splits),
+        },
     )

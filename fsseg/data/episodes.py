@@ -57,7 +57,8 @@ def _candidates_per_class(
             images = [i for i in images if not adapter.contains_any(split, i, exclude_classes - {cid})]
         if len(images) < shot + 1:
             problems.append(
-                f"class {cid} ({adapter.class_name(cid)}) has {len(images)} usable image(s) in split {split!r}, "
+                f"class {cid} ({adapter.class_name(cid)}) has {len(images)} usable image(s) "
+                f"in split {split!r}, "
                 f"needs at least {shot + 1} for {shot}-shot episodes"
             )
         result[cid] = images
@@ -94,17 +95,23 @@ class EpisodeManifest:
             manifest = cls(
                 header=raw["header"],
                 episodes=[
-                    Episode(int(e["episode_id"]), int(e["class_id"]), str(e["query_id"]), tuple(e["support_ids"]))
+                    Episode(
+                        int(e["episode_id"]), int(e["class_id"]), str(e["query_id"]), tuple(e["support_ids"])
+                    )
                     for e in raw["episodes"]
                 ],
             )
             stored = raw["content_hash"]
         except FileNotFoundError:
-            raise ManifestError(f"episode manifest {path} does not exist; create it with `fsseg episodes`") from None
+            raise ManifestError(
+                f"episode manifest {path} does not exist; create it with `fsseg episodes`"
+            ) from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ManifestError(f"episode manifest {path} is corrupt: {err!r}") from None
         if manifest.content_hash != stored:
-            raise ManifestError(f"episode manifest {path} was modified: its content no longer matches its hash")
+            raise ManifestError(
+                f"episode manifest {path} was modified: its content no longer matches its hash"
+            )
         return manifest
 
     def check_matches(self, adapter: DatasetAdapter, fold: int) -> None:
@@ -123,7 +130,12 @@ class EpisodeManifest:
 
 
 def _episode_row(e: Episode) -> dict[str, Any]:
-    return {"episode_id": e.episode_id, "class_id": e.class_id, "query_id": e.query_id, "support_ids": list(e.support_ids)}
+    return {
+        "episode_id": e.episode_id,
+        "class_id": e.class_id,
+        "query_id": e.query_id,
+        "support_ids": list(e.support_ids),
+    }
 
 
 def build_test_manifest(

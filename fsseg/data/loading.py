@@ -107,7 +107,9 @@ class TrainEpisodes(Dataset):
 class ManifestEpisodes(Dataset):
     """Map-style dataset over the episodes of a saved manifest (no augmentation)."""
 
-    def __init__(self, manifest: EpisodeManifest, adapter: DatasetAdapter, image_size: int, label_resolution: str):
+    def __init__(
+        self, manifest: EpisodeManifest, adapter: DatasetAdapter, image_size: int, label_resolution: str
+    ):
         self.manifest = manifest
         self.tensors = EpisodeTensors(adapter, manifest.header["split"], image_size, label_resolution)
 

@@ -54,7 +54,9 @@ def effective_recipe(cfg: ExperimentConfig) -> TrainRecipe:
 def build_optimizer(method: FewShotMethod, recipe: TrainRecipe) -> torch.optim.Optimizer:
     groups = [g for g in method.param_groups(recipe.lr) if g["params"]]
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        return torch.optim.SGD(
+            groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
     if recipe.optimizer == "adam":
         return torch.optim.Adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "adamw":
@@ -73,7 +75,9 @@ def lr_factor(recipe: TrainRecipe, iteration: int) -> float:
     raise ValueError(f"unknown schedule {recipe.schedule!r}")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, recipe: TrainRecipe) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, recipe: TrainRecipe
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(recipe, it))
 
 

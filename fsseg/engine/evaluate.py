@@ -62,7 +62,9 @@ def manifest_path(cfg: ExperimentConfig) -> Path:
     )
 
 
-def ensure_manifest(cfg: ExperimentConfig, adapter: DatasetAdapter, path: Path | None = None) -> EpisodeManifest:
+def ensure_manifest(
+    cfg: ExperimentConfig, adapter: DatasetAdapter, path: Path | None = None
+) -> EpisodeManifest:
     """Load the manifest at ``path`` (default :func:`manifest_path`), drawing and saving it if absent."""
     path = path or manifest_path(cfg)
     if path.is_file():
@@ -120,7 +122,9 @@ def run_episodes(
             for b, label in enumerate(labels):
                 item_logits = logits[b : b + 1]
                 if item_logits.shape[-2:] != label.shape:
-                    item_logits = F.interpolate(item_logits, size=label.shape, mode="bilinear", align_corners=False)
+                    item_logits = F.interpolate(
+                        item_logits, size=label.shape, mode="bilinear", align_corners=False
+                    )
                 prediction = item_logits[0].argmax(dim=0).cpu()
                 counts = episode_counts(prediction, label)
                 rows.append({"episode_id": int(batch["episode_id"][b]), **counts.__dict__})
@@ -136,7 +140,9 @@ def load_trained(cfg: ExperimentConfig, device: torch.device) -> FewShotMethod:
     weights_path = cfg.run_dir / MODEL
     if not weights_path.is_file():
         if method.is_trainable:
-            raise FssegError(f"no trained weights at {weights_path}; run `fsseg train` with the same config first")
+            raise FssegError(
+                f"no trained weights at {weights_path}; run `fsseg train` with the same config first"
+            )
     else:
         method.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     return method.to(device)
@@ -151,7 +157,10 @@ def evaluate(cfg: ExperimentConfig, manifest_file: Path | None = None, untrained
     adapter = build_dataset(cfg)
     manifest = ensure_manifest(cfg, adapter, manifest_file)
     if manifest.header["shot"] != cfg.eval.shot:
-        raise FssegError(f"manifest {manifest_file} has shot {manifest.header['shot']}, config eval.shot is {cfg.eval.shot}")
+        raise FssegError(
+            f"manifest {manifest_file} has shot {manifest.header['shot']}, "
+            f"config eval.shot is {cfg.eval.shot}"
+        )
     method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
     out_dir = cfg.eval_dir if not untrained else cfg.eval_dir.with_name(cfg.eval_dir.name + "_untrained")
     timing: dict[str, float] = {}
@@ -213,7 +222,8 @@ def evaluate(cfg: ExperimentConfig, manifest_file: Path | None = None, untrained
     write_json(out_dir / "summary.json", summary)
     print(
         f"fsseg: {cfg.run_name} {cfg.eval.shot}-shot on {len(records)} episodes: "
-        f"class mIoU {metrics['miou']:.4f}, FB-IoU {metrics['fbiou']:.4f}, episode mIoU {metrics['episode_miou']:.4f}"
+        f"class mIoU {metrics['miou']:.4f}, FB-IoU {metrics['fbiou']:.4f}, "
+        f"episode mIoU {metrics['episode_miou']:.4f}"
         f" → {out_dir}",
         file=sys.stderr,
     )

@@ -59,8 +59,9 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     table = _label_map(adapter.num_classes, base, novel)
 
     torch.manual_seed(settings.seed)
-    spec = BackboneSpec(name=cfg.backbone.name, weights=cfg.backbone.weights, sha256=cfg.backbone.sha256,
-                        output_stride=cfg.backbone.output_stride)
+    spec = BackboneSpec(
+        name=cfg.backbone.name, weights=settings.init_weights, output_stride=cfg.backbone.output_stride
+    )
     backbone = build_backbone(spec).to(device)
     last_stage = backbone.stages[-1]
     head = nn.Conv2d(backbone.channels[last_stage], len(base) + 1, kernel_size=1).to(device)
@@ -69,7 +70,8 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
     size = cfg.dataset.image_size
     print(
-        f"fsseg: pretraining {cfg.backbone.name} on {len(base)} base classes of {cfg.dataset.name} fold {cfg.fold} "
+        f"fsseg: pretraining {cfg.backbone.name} on {len(base)} base classes of {cfg.dataset.name} "
+        f"fold {cfg.fold} "
         f"({len(image_ids)} images, {settings.iterations} steps) on {describe_device(device)}",
         file=sys.stderr,
     )
@@ -78,7 +80,9 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     backbone.train()
     for it in range(settings.iterations):
         rng = np.random.default_rng([settings.seed, it])
-        picks = rng.choice(len(image_ids), size=settings.batch_size, replace=len(image_ids) < settings.batch_size)
+        picks = rng.choice(
+            len(image_ids), size=settings.batch_size, replace=len(image_ids) < settings.batch_size
+        )
         images, labels = [], []
         for index in picks:
             image = adapter.load_image(split, image_ids[index])
@@ -102,7 +106,7 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         "fold": cfg.fold,
         "base_classes": base,
         "backbone": cfg.backbone.name,
-        "init_weights": cfg.backbone.weights,
+        "init_weights": settings.init_weights,
         "image_size": size,
         "pretrain": cfg.to_dict()["pretrain"],
         "final_loss": float(loss.item()),
@@ -110,5 +114,7 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     }
     save_torch(out, {"backbone": backbone.state_dict(), "meta": meta})
     write_json(out.with_suffix(".json"), meta)
-    print(f"fsseg: pretrained backbone written to {out} in {format_duration(meta['seconds'])}", file=sys.stderr)
+    print(
+        f"fsseg: pretrained backbone written to {out} in {format_duration(meta['seconds'])}", file=sys.stderr
+    )
     return out

@@ -49,7 +49,9 @@ LOG = "train_log.jsonl"
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }
 
 
 def _check_same_run(run_dir: Path, cfg: ExperimentConfig) -> None:
@@ -124,7 +126,9 @@ def train(
         # Dropout and other in-training randomness draw from this stream; the checkpoint saves it.
         torch.manual_seed(cfg.train.train_seed + 1)
 
-    validator = _Validator(cfg, adapter, method, device) if cfg.train.selection == "best_val" and total else None
+    validator = (
+        _Validator(cfg, adapter, method, device) if cfg.train.selection == "best_val" and total else None
+    )
     sampler = TrainEpisodeSampler(
         adapter,
         cfg.fold,
@@ -162,7 +166,8 @@ def train(
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise TrainingDiverged(
-                f"training of {cfg.run_name} diverged at iteration {iteration + 1}: loss is not finite ({parts}); "
+                f"training of {cfg.run_name} diverged at iteration {iteration + 1}: "
+                f"loss is not finite ({parts}); "
                 f"lower train.lr (now {recipe.lr:g}) or check the data. Last checkpoint: {checkpoint_path}"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -171,7 +176,11 @@ def train(
         scheduler.step()
         iteration += 1
         if iteration % cfg.train.log_every == 0 or iteration == total:
-            row = {"iteration": iteration, "lr": optimizer.param_groups[0]["lr"], "rate_it_s": progress.rate(iteration)}
+            row = {
+                "iteration": iteration,
+                "lr": optimizer.param_groups[0]["lr"],
+                "rate_it_s": progress.rate(iteration),
+            }
             row.update({k: float(v.detach()) for k, v in losses.items()})
             log_rows.append(json.dumps(row))
             terms = " ".join(f"{k} {row[k]:.4f}" for k in losses)
@@ -242,13 +251,18 @@ def _finish(
             "params_trainable": n_trainable,
         },
     )
-    print(f"fsseg: finished {cfg.run_name} in {format_duration(seconds)}; weights: {run_dir / MODEL}", file=sys.stderr)
+    print(
+        f"fsseg: finished {cfg.run_name} in {format_duration(seconds)}; weights: {run_dir / MODEL}",
+        file=sys.stderr,
+    )
 
 
 class _Validator:
     """Class-wise mIoU on a fixed validation manifest (novel classes, val split, never the test split)."""
 
-    def __init__(self, cfg: ExperimentConfig, adapter: Any, method: FewShotMethod, device: torch.device) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, adapter: Any, method: FewShotMethod, device: torch.device
+    ) -> None:
         from fsseg.data.episodes import build_test_manifest
 
         self.cfg = cfg

@@ -48,7 +48,9 @@ def resolve_weights(spec: BackboneSpec) -> Path | None:
         digest = sha256_file(path)
         expected = spec.sha256 or prefix
         if not digest.startswith(expected):
-            raise ConfigError(f"weights file {path} has sha256 {digest}, expected {expected}…; the file is corrupt")
+            raise ConfigError(
+                f"weights file {path} has sha256 {digest}, expected {expected}…; the file is corrupt"
+            )
         return path
     path = Path(os.path.expanduser(spec.weights))
     if not path.is_file():
@@ -108,6 +110,14 @@ class ResNetBackbone(nn.Module):
                 out[name] = x
         return out
 
+    def truncate(self, last_stage: str) -> None:
+        """Drop the stages after ``last_stage``: a method that never runs them should not carry them."""
+        keep = self.stages.index(last_stage) + 1
+        for name in self.stages[keep:]:
+            delattr(self, name)
+            del self.channels[name]
+        self.stages = self.stages[:keep]
+
     def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
         mapped = OrderedDict()
         for key, value in state.items():
@@ -147,6 +157,7 @@ class VGG16Backbone(nn.Module):
         self.stages = list(self.channels)
 
     forward = ResNetBackbone.forward
+    truncate = ResNetBackbone.truncate
 
     def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
         own = [p for p in self.state_dict()]
@@ -171,7 +182,7 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
     if path is not None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        except Exception as err:
             raise ConfigError(f"backbone.weights: cannot load {path}: {err}") from None
         if isinstance(state, dict) and "backbone" in state:
             model.load_state_dict(state["backbone"], strict=True)  # written by `fsseg pretrain`

@@ -43,7 +43,9 @@ class GraphConv(nn.Module):
 class GloReUnit(nn.Module):
     """GloRe unit on [N, C, H, W] features; output has the same shape and equals the input at init."""
 
-    def __init__(self, channels: int, num_node: int, num_state: int | None = None, normalize: bool = True) -> None:
+    def __init__(
+        self, channels: int, num_node: int, num_state: int | None = None, normalize: bool = True
+    ) -> None:
         super().__init__()
         self.num_node = num_node
         self.num_state = num_state if num_state is not None else 2 * num_node

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 
 @functools.lru_cache(maxsize=64)
-def _interp_matrix(n_in: int, n_out: int, align_corners: bool, device: str, dtype: torch.dtype) -> torch.Tensor:
+def _interp_matrix(
+    n_in: int, n_out: int, align_corners: bool, device: str, dtype: torch.dtype
+) -> torch.Tensor:
     """[n_out, n_in] matrix of 1-D linear interpolation, as used by torch's bilinear resize."""
     eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)  # [1, n_in (channels), n_in]
     mat = F.interpolate(eye, size=n_out, mode="linear", align_corners=align_corners)[0]  # [n_in, n_out]

@@ -61,18 +61,27 @@ def training_free_prior(
         support_fg: support foreground masks [B, K, H, W] (float, any resolution; 1 = foreground).
         eps: added to the product of the norms and to the min-max range, as in the official code.
     """
-    b, k, c, hs, ws = support_high.shape
+    b, k, _, hs, ws = support_high.shape
     h, w = query_high.shape[-2:]
     q = query_high.flatten(2)  # [B, C, Nq]
     q_norm = q.norm(dim=1, keepdim=True)  # [B, 1, Nq]
-    prior = query_high.new_zeros(b, 1, h, w)
-    # One shot at a time: the [Ns, Nq] similarity matrix is the memory peak (13M entries per image
-    # at 473 px), so looping keeps it at one shot's worth, like the official implementation.
+    prior = query_high.new_zeros(b, 1, h * w)
     for shot in range(k):
-        mask = resize_mask(support_fg[:, shot], (hs, ws))  # [B, 1, hs, ws]
-        s = (support_high[:, shot] * mask).flatten(2).transpose(1, 2)  # [B, Ns, C]
-        s_norm = s.norm(dim=2, keepdim=True)  # [B, Ns, 1]
-        similarity = torch.bmm(s, q) / (torch.bmm(s_norm, q_norm) + eps)  # [B, Ns, Nq]
-        best = similarity.max(dim=1).values.view(b, 1, h, w)
-        prior = prior + minmax_normalise(best, eps=eps)
-    return prior / k
+        mask = resize_mask(support_fg[:, shot], (hs, ws)).flatten(1)  # [B, Ns]
+        support = support_high[:, shot].flatten(2)  # [B, C, Ns]
+        for n in range(b):
+            # A support pixel outside the (soft) mask has zero features, hence similarity exactly
+            # 0 / (0 + eps) = 0 with every query pixel. So only the pixels inside the mask need the
+            # [Ns, Nq] similarity matrix, and the outside ones contribute a single 0 to the max: the
+            # same numbers as the official dense computation at a fraction of its cost (objects cover
+            # a small part of an aerial image) and memory.
+            inside = mask[n].nonzero().squeeze(1)
+            if inside.numel() == 0:
+                continue  # all similarities are 0; min-max normalising gives 0
+            s = (support[n][:, inside] * mask[n, inside]).t()  # [n_inside, C]
+            similarity = (s @ q[n]) / (s.norm(dim=1, keepdim=True) * q_norm[n] + eps)  # [n_inside, Nq]
+            best = similarity.max(dim=0).values
+            if inside.numel() < mask.shape[1]:
+                best = best.clamp_min(0.0)
+            prior[n] += minmax_normalise(best.view(1, h, w), eps=eps).view(1, -1)
+    return prior.view(b, 1, h, w) / k

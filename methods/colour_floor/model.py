@@ -26,7 +26,9 @@ class ColourFloorParams:
 class ColourFloor(FewShotMethod):
     Params = ColourFloorParams
     # Every recipe name other methods use exists here too, so one config drives all methods.
-    recipes = dict.fromkeys(("default", "synthetic", "official"), TrainRecipe(iterations=0, description="nothing to train"))
+    recipes = dict.fromkeys(
+        ("default", "synthetic", "official"), TrainRecipe(iterations=0, description="nothing to train")
+    )
     trains_backbone = False
 
     def __init__(self, params: ColourFloorParams, backbone: BackboneSpec) -> None:

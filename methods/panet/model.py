@@ -47,7 +47,8 @@ class PANet(FewShotMethod):
             lr_gamma=0.1,
             iterations=30_000,
             batch_size=1,
-            description="official PANet: SGD 1e-3, momentum 0.9, wd 5e-4, 30k steps, ×0.1 at 10k and 20k, batch 1",
+            description="official PANet: SGD 1e-3, momentum 0.9, wd 5e-4, 30k steps, "
+            "×0.1 at 10k and 20k, batch 1",
         ),
         "synthetic": TrainRecipe(
             optimizer="sgd",
@@ -72,8 +73,11 @@ class PANet(FewShotMethod):
         if stage == "auto":
             stage = "conv5" if backbone.name == "vgg16" else "layer3"
         if stage not in self.backbone.stages:
-            raise ValueError(f"PANet feature_stage {stage!r} is not a stage of {backbone.name}: {self.backbone.stages}")
+            raise ValueError(
+                f"PANet feature_stage {stage!r} is not a stage of {backbone.name}: {self.backbone.stages}"
+            )
         self.stage = stage
+        self.backbone.truncate(stage)
         if self.wants_frozen_backbone():
             self.backbone.requires_grad_(False)
 
@@ -88,28 +92,44 @@ class PANet(FewShotMethod):
         support_feats = feats[: b * k]
         query_feats = feats[b * k :]
         flat_masks = masks.flatten(0, 1)
-        fg = masked_average_pool(support_feats, foreground(flat_masks), self.params.eps).view(b, k, -1).mean(1)
-        bg = masked_average_pool(support_feats, background(flat_masks), self.params.eps).view(b, k, -1).mean(1)
+        fg = (
+            masked_average_pool(support_feats, foreground(flat_masks), self.params.eps).view(b, k, -1).mean(1)
+        )
+        bg = (
+            masked_average_pool(support_feats, background(flat_masks), self.params.eps).view(b, k, -1).mean(1)
+        )
         low_logits = self.params.scale * cosine_map(query_feats, torch.stack([bg, fg], dim=1))
         logits = F.interpolate(low_logits, size=size, mode="bilinear", align_corners=False)
         out = {"logits": logits}
         if self.training and self.params.align:
-            out["align_loss"] = self._alignment_loss(low_logits, query_feats, support_feats.view(b, k, *feats.shape[1:]), masks)
+            out["align_loss"] = self._alignment_loss(
+                low_logits, query_feats, support_feats.view(b, k, *feats.shape[1:]), masks
+            )
         return out
 
     def _alignment_loss(
-        self, low_logits: torch.Tensor, query_feats: torch.Tensor, support_feats: torch.Tensor, masks: torch.Tensor
+        self,
+        low_logits: torch.Tensor,
+        query_feats: torch.Tensor,
+        support_feats: torch.Tensor,
+        masks: torch.Tensor,
     ) -> torch.Tensor:
         """PAR: prototypes from the query's predicted masks (at feature resolution) segment each support."""
         b, k = support_feats.shape[:2]
         predicted = low_logits.argmax(dim=1)  # [B, h, w]
         region = torch.stack([predicted == 0, predicted == 1], dim=1).to(query_feats.dtype)  # [B, 2, h, w]
-        protos = torch.einsum("nchw,nphw->npc", query_feats, region) / (region.sum((-2, -1))[..., None] + self.params.eps)
+        protos = torch.einsum("nchw,nphw->npc", query_feats, region) / (
+            region.sum((-2, -1))[..., None] + self.params.eps
+        )
         support_logits = self.params.scale * cosine_map(
             support_feats.flatten(0, 1), protos.repeat_interleave(k, dim=0)
         )
-        support_logits = F.interpolate(support_logits, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        per_pixel = F.cross_entropy(support_logits, masks.flatten(0, 1), ignore_index=IGNORE_INDEX, reduction="none")
+        support_logits = F.interpolate(
+            support_logits, size=masks.shape[-2:], mode="bilinear", align_corners=False
+        )
+        per_pixel = F.cross_entropy(
+            support_logits, masks.flatten(0, 1), ignore_index=IGNORE_INDEX, reduction="none"
+        )
         valid = (masks.flatten(0, 1) != IGNORE_INDEX).float()
         per_support = (per_pixel * valid).sum((-2, -1)) / valid.sum((-2, -1)).clamp_min(1)
         # As in the official code, an episode whose query prediction has no foreground is skipped.

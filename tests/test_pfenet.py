@@ -1,0 +1,150 @@
+"""PFENet: shapes, frozen backbone, gradients, parameter count against the official model, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fsseg.method import BackboneSpec
+from fsseg.registry import METHODS
+from methods.pfenet import PFENet
+
+
+def make_episode(batch: int = 2, shots: int = 1, size: tuple[int, int] = (64, 64), seed: int = 0) -> dict:
+    """A random episode; masks have a foreground rectangle, background and ignored pixels."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+
+    def mask(*shape: int) -> torch.Tensor:
+        # one random rectangle of foreground per image, two rows of ignored pixels
+        m = torch.zeros(*shape, h, w, dtype=torch.long).view(-1, h, w)
+        for i in range(m.shape[0]):
+            y0, x0 = (int(v) for v in torch.randint(0, h // 2, (2,), generator=g))
+            dy, dx = (int(v) for v in torch.randint(h // 4, h // 2, (2,), generator=g))
+            m[i, y0 : y0 + dy, x0 : x0 + dx] = 1
+        m[:, :2, :] = 255
+        return m.view(*shape, h, w)
+
+    return {
+        "query_img": torch.randn(batch, 3, h, w, generator=g),
+        "query_mask": mask(batch),
+        "support_imgs": torch.randn(batch, shots, 3, h, w, generator=g),
+        "support_masks": mask(batch, shots),
+        "class_id": torch.zeros(batch, dtype=torch.long),
+    }
+
+
+def build(variant: str = "default", backbone: str = "resnet18", **overrides) -> PFENet:
+    torch.manual_seed(0)
+    return PFENet(PFENet.resolve_params(variant, overrides), BackboneSpec(name=backbone))
+
+
+def official_trainable_params(fea_dim: int, reduce_dim: int, classes: int, n_bins: int) -> int:
+    """Trainable parameters of the official PFENet, from its layer definitions (model/PFENet.py).
+
+    Every conv has ``bias=False`` except the final 1×1 of ``cls`` / ``inner_cls``; the backbone is frozen.
+    """
+    conv = lambda c_in, c_out, k, bias=False: c_in * c_out * k * k + (c_out if bias else 0)  # noqa: E731
+    classifier = conv(reduce_dim, reduce_dim, 3) + conv(reduce_dim, classes, 1, bias=True)
+    down = conv(fea_dim, reduce_dim, 1)
+    init_merge = conv(2 * reduce_dim + 1, reduce_dim, 1)
+    beta = 2 * conv(reduce_dim, reduce_dim, 3)
+    alpha = conv(512, 256, 1)  # hard-coded 512 → 256 in the official code
+    res1 = conv(reduce_dim * n_bins, reduce_dim, 1)
+    res2 = 2 * conv(reduce_dim, reduce_dim, 3)
+    return (
+        2 * down + n_bins * (init_merge + beta + classifier) + (n_bins - 1) * alpha + res1 + res2 + classifier
+    )
+
+
+def test_registered() -> None:
+    assert METHODS.get("pfenet") is PFENet
+    assert PFENet.recipe("default") == PFENet.recipe("synthetic")
+    assert {"official", "synthetic", "default"} <= set(PFENet.recipes)
+
+
+def test_trainable_parameter_count_equals_official_resnet50() -> None:
+    model = build(backbone="resnet50")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    expected = official_trainable_params(fea_dim=1024 + 512, reduce_dim=256, classes=2, n_bins=4)
+    assert expected == 10_817_034  # the number quoted in methods/pfenet/README.md
+    assert trainable == expected
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_output_shapes(shots: int) -> None:
+    model = build()
+    episode = make_episode(batch=2, shots=shots, size=(64, 80))
+    model.eval()
+    with torch.no_grad():
+        out = model(episode)
+    assert out["logits"].shape == (2, 2, 64, 80)
+    assert not any(k.startswith("aux_logits_") for k in out)
+    assert out["prior"].shape == (2, 1, 8, 10) and out["prior"].min() >= 0 and out["prior"].max() <= 1
+    model.train()
+    out = model(episode)
+    assert out["logits"].shape == (2, 2, 64, 80)
+    assert sum(k.startswith("aux_logits_") for k in out) == 4
+
+
+def test_pyramid_bins_reproduce_official_at_473() -> None:
+    model = build()
+    assert model.pyramid_bins(60, 60) == [(60, 60), (30, 30), (15, 15), (8, 8)]
+    assert model.pyramid_bins(12, 12) == [(12, 12), (6, 6), (3, 3), (2, 2)]
+    assert build(ppm_mode="absolute").pyramid_bins(12, 12)[0] == (60, 60)
+
+
+def test_gradients_reach_every_head_parameter_and_not_the_backbone() -> None:
+    model = build()
+    model.train()
+    assert not model.backbone.training  # frozen: BatchNorm statistics stay fixed
+    running_mean = model.backbone.layer1[0].bn1.running_mean.clone()
+    episode = make_episode(shots=2)
+    model.loss(model(episode), episode)["loss"].backward()
+    torch.testing.assert_close(model.backbone.layer1[0].bn1.running_mean, running_mean)
+    for name, param in model.named_parameters():
+        if name.startswith("backbone."):
+            assert not param.requires_grad and param.grad is None, name
+        else:
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_repeated_support_equals_one_shot() -> None:
+    model = build().eval()
+    one = make_episode(shots=1)
+    five = dict(one, support_imgs=one["support_imgs"].repeat(1, 5, 1, 1, 1))
+    five["support_masks"] = one["support_masks"].repeat(1, 5, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(five)["logits"], model(one)["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_prior_off_variant_runs() -> None:
+    model = build("prior_off").train()
+    episode = make_episode()
+    out = model(episode)
+    assert "prior" not in out
+    model.loss(out, episode)["loss"].backward()
+
+
+def test_a_few_steps_lower_the_loss() -> None:
+    model = build()
+    episode = make_episode(batch=2, shots=1, seed=3)
+    # Learnable in a few steps: foreground pixels are brighter in query and support alike.
+    episode["query_img"] = 0.3 * episode["query_img"] + 2.0 * (episode["query_mask"] == 1)[:, None]
+    episode["support_imgs"] = (
+        0.3 * episode["support_imgs"] + 2.0 * (episode["support_masks"] == 1)[:, :, None]
+    )
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return model.loss(model(episode), episode)["loss"].item()
+
+    before = eval_loss()
+    model.train()
+    for _ in range(8):
+        optimizer.zero_grad()
+        model.loss(model(episode), episode)["loss"].backward()
+        optimizer.step()
+    assert eval_loss() < 0.8 * before
