@@ -167,7 +167,10 @@ def protocol_facts(configs: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, A
         # Training settings may differ per train shot or backbone; they are listed, not checked.
         for name, value in (
             ("backbones", cfg["backbone"]["name"]),
-            *((f"train_{f}", cfg["train"].get(f)) for f in ("recipe", "iterations", "batch_size", "optimizer")),
+            *(
+                (f"train_{f}", cfg["train"].get(f))
+                for f in ("recipe", "iterations", "batch_size", "optimizer")
+            ),
         ):
             values = run.setdefault(name, [])
             if value not in values:
@@ -237,7 +240,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{path} does not exist: is {path.parent} an evaluation folder (`fsseg evaluate`)?") from None
+        raise DataError(
+            f"{path} does not exist: is {path.parent} an evaluation folder (`fsseg evaluate`)?"
+        ) from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is not valid JSON: {err}") from None
 
@@ -351,7 +356,9 @@ def aggregate(eval_dirs: Iterable[str | Path], out_dir: str | Path) -> dict[str,
     for ev in evaluations:
         row = ev.row()
         ious = {f"{CLASS_PREFIX}{name}": value for name, value in ev.class_iou.values()}
-        writer.writerow([_cell(row[c]) for c in EVALUATION_COLUMNS] + [_cell(ious.get(c)) for c in class_columns])
+        writer.writerow(
+            [_cell(row[c]) for c in EVALUATION_COLUMNS] + [_cell(ious.get(c)) for c in class_columns]
+        )
 
     header = ",".join(RECORD_COLUMNS)
     records = "\n".join([header, *(line for ev in evaluations for line in ev.record_text)]) + "\n"

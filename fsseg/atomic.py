@@ -19,8 +19,13 @@ import yaml
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on success it is fsynced and renamed to ``path``."""
+def atomic_open(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on success it is (fsynced and) renamed to ``path``.
+
+    The rename alone guarantees that a killed process never leaves a half-written file under the
+    final name; ``fsync`` adds durability across a power loss. Bulk writers of many small files
+    pass ``fsync=False`` and call ``os.sync()`` once before writing the file that marks completion.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,7 +33,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -36,8 +42,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         raise
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path, "wb") as handle:
+def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
+    with atomic_open(path, "wb", fsync=fsync) as handle:
         handle.write(data)
 
 

@@ -49,15 +49,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from fsseg.engine.train import train
 
-    train(_load(args))
+    train(_load(args), replace_changed=args.replace_changed)
 
 
 def cmd_episodes(args: argparse.Namespace) -> None:
     from fsseg.engine.build import build_dataset
-    from fsseg.engine.evaluate import ensure_manifest, manifest_path
+    from fsseg.engine.evaluate import ensure_manifest
 
     cfg = _load(args)
-    path = Path(args.out) if args.out else manifest_path(cfg)
+    path = Path(args.out) if args.out else cfg.manifest_path
     manifest = ensure_manifest(cfg, build_dataset(cfg), path)
     print(f"{path}  sha256:{manifest.content_hash}  episodes:{len(manifest.episodes)}")
 
@@ -137,6 +137,29 @@ def cmd_compare(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_aggregate(args: argparse.Namespace) -> None:
+    from fsseg.aggregate import aggregate, read_eval_list
+
+    folders = list(args.evals)
+    for listing in args.evals_from:
+        folders += read_eval_list(listing)
+    protocol = aggregate(folders, Path(args.out))
+    print(f"{args.out}: {protocol['n_evaluations']} evaluations of {protocol['dataset']}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from fsseg.report import build_report
+
+    written = build_report(args.aggregate, args.spec, args.out, args.efficiency, args.predictions)
+    print(f"{args.out}: {len(written)} files (index: {Path(args.out) / 'README.md'})")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from fsseg.qualitative import predict
+
+    print(predict(_load(args), args.episodes, Path(args.out), args.manifest))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fsseg",
@@ -149,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fsseg.registry import DATASETS
 
     p = sub.add_parser("prepare", help="prepare a dataset (generate the synthetic one, index a real release)")
-    p.description = "Validate a dataset and write its index (and index-label PNGs) once; nothing is downloaded."
+    p.description = (
+        "Validate a dataset and write its index (and index-label PNGs) once; nothing is downloaded."
+    )
     dsub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     for name in DATASETS.names():
         cls = DATASETS.get(name)
@@ -167,12 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("train", help="train a method on a fold's base classes (resumes after a kill)")
-    p.description = "Train the configured method; rerunning after an interruption resumes from the last checkpoint."
+    p.description = (
+        "Train the configured method; rerunning after an interruption resumes from the last checkpoint."
+    )
     _add_config_args(p)
+    p.add_argument(
+        "--replace-changed",
+        action="store_true",
+        help="if the run folder holds a run of a different training config, delete it and retrain "
+        "(default: refuse)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("episodes", help="draw and save the test-episode manifest of a fold")
-    p.description = "Draw the test episodes of (dataset, fold, eval.shot, eval.episode_seed, eval.n_episodes)."
+    p.description = (
+        "Draw the test episodes of (dataset, fold, eval.shot, eval.episode_seed, eval.n_episodes)."
+    )
     _add_config_args(p)
     p.add_argument("--out", help="manifest file (default: output_root/manifests/...)")
     p.set_defaults(func=cmd_episodes)
@@ -233,6 +268,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("miou", "fbiou"), default="miou", help="class-wise mIoU or FB-IoU")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("aggregate", help="gather evaluation folders into one aggregate folder")
+    p.description = (
+        "Read evaluation folders (summary.json, records.csv, config.yaml) and write OUT/evaluations.csv (one "
+        "row per folder), OUT/records.csv.gz (every episode record) and OUT/protocol.json (the protocol "
+        "facts captions state). Folders that disagree on a shared protocol fact are refused."
+    )
+    p.add_argument("--evals", nargs="*", default=[], metavar="DIR", help="evaluation folders")
+    p.add_argument(
+        "--evals-from", action="append", default=[], metavar="FILE", help="file listing folders, one per line"
+    )
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="folder to write the aggregate to")
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("report", help="render the report's tables and figures from saved results")
+    p.description = (
+        "Tables (Markdown, LaTeX, CSV) and figures (PNG, PDF) from an aggregate, `fsseg bench` JSON files "
+        "and `fsseg predict` npz files, as declared by a report spec; no model is run."
+    )
+    p.add_argument("--aggregate", required=True, metavar="DIR", help="folder written by `fsseg aggregate`")
+    p.add_argument("--spec", required=True, metavar="SPEC.yaml", help="report spec (runs, families, shots)")
+    p.add_argument("--efficiency", nargs="*", default=[], metavar="FILE.json", help="`fsseg bench` files")
+    p.add_argument("--predictions", nargs="*", default=[], metavar="FILE.npz", help="`fsseg predict` files")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder (e.g. reports/)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("predict", help="save a trained run's predictions on its first test episodes")
+    p.description = (
+        "Run the configured trained run on the first N episodes of its test manifest and save images, masks, "
+        "labels and predictions as an npz file (for the report's qualitative grid)."
+    )
+    _add_config_args(p)
+    p.add_argument("--episodes", type=int, default=8, metavar="N", help="episodes to save (default 8)")
+    p.add_argument("--manifest", help="manifest file (default: drawn/loaded at output_root/manifests/...)")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="file to write (atomically)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from fsseg import paths
 from fsseg.errors import ConfigError
 from fsseg.schema import from_dict, opt, to_dict
 
@@ -129,6 +130,59 @@ class ExperimentConfig:
             / "backbones"
             / f"{self.backbone.name}_fold{self.fold}_seed{self.pretrain.seed}.pt"
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @property
+    def dataset_tag(self) -> str:
+        """The dataset name with its option values, as it appears in output paths."""
+        return paths.dataset_tag(self.dataset.name, self.dataset.options)
+
+    @property
+    def run_name(self) -> str:
+        """The run's name, ``{method}-{variant}_{backbone}_{dataset}-fold{f}_{shot}shot_seed{s}``."""
+        return (
+            f"{self.method.name}-{self.method.variant}_{self.backbone.name}_{self.dataset_tag}"
+            f"-fold{self.fold}_{self.train.shot}shot_seed{self.train.train_seed}"
+        )
+
+    def _path_fields(self) -> dict[str, Any]:
+        return {
+            "output_root": self.output_root,
+            "dataset": self.dataset_tag,
+            "method": self.method.name,
+            "variant": self.method.variant,
+            "backbone": self.backbone.name,
+            "fold": self.fold,
+            "train_shot": self.train.shot,
+            "train_seed": self.train.train_seed,
+            "shot": self.eval.shot,
+            "episode_seed": self.eval.episode_seed,
+            "n_episodes": self.eval.n_episodes,
+            "split": self.eval.split,
+            "min_object_px": self.dataset.min_object_px,
+            "pretrain_seed": self.pretrain.seed,
+        }
+
+    @property
+    def run_dir(self) -> Path:
+        """Where ``fsseg train`` writes; the harness alone decides it."""
+        return Path(paths.RUN_DIR.format(**self._path_fields()))
+
+    @property
+    def eval_dir(self) -> Path:
+        return Path(paths.EVAL_DIR.format(**self._path_fields()))
+
+    @property
+    def manifest_path(self) -> Path:
+        """Default manifest of (dataset, fold, eval.shot, eval.episode_seed, eval.n_episodes, split)."""
+        return Path(paths.MANIFEST.format(**self._path_fields()))
+
+    @property
+    def pretrained_backbone_path(self) -> Path:
+        """Where ``fsseg pretrain`` writes this fold's base-class backbone."""
+        return Path(paths.PRETRAINED_BACKBONE.format(**self._path_fields()))
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

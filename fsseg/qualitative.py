@@ -117,14 +117,10 @@ def predict(cfg: Any, n_episodes: int, out: str | Path, manifest_file: str | Pat
     adapter = build_dataset(cfg)
     manifest = ensure_manifest(cfg, adapter, Path(manifest_file) if manifest_file else None)
     if manifest.header["shot"] != cfg.eval.shot:
-        raise FssegError(
-            f"manifest has shot {manifest.header['shot']}, config eval.shot is {cfg.eval.shot}"
-        )
+        raise FssegError(f"manifest has shot {manifest.header['shot']}, config eval.shot is {cfg.eval.shot}")
     episodes = manifest.episodes[:n_episodes]
     if len(episodes) < n_episodes:
-        print(
-            f"fsseg: the manifest has only {len(episodes)} episodes; saving all of them", file=sys.stderr
-        )
+        print(f"fsseg: the manifest has only {len(episodes)} episodes; saving all of them", file=sys.stderr)
     method = load_trained(cfg, device)
     method.eval()
     # Original-resolution labels: what is shown next to the images is what the default protocol scores.

@@ -138,3 +138,13 @@ def test_bad_data_files_give_clear_errors_and_no_output(toy_config, toy_root, tm
 def test_unprepared_dataset_says_how_to_prepare(toy_config, tmp_path):
     with pytest.raises(DataError, match="run `fsseg prepare toy"):
         train(toy_config(f"dataset.root={tmp_path / 'nowhere'}"))
+
+
+def test_replace_changed_retrains_a_stale_run(toy_config):
+    train(toy_config("train.iterations=2"))
+    changed = toy_config("train.iterations=2", "train.lr=0.5")
+    run_dir = train(changed, replace_changed=True)
+    assert json.loads((run_dir / SUMMARY).read_text())["iterations"] == 2
+    from fsseg.config import read_yaml
+
+    assert read_yaml(run_dir / "config.yaml")["train"]["lr"] == 0.5

@@ -116,6 +116,7 @@ class SyntheticAerial(DatasetAdapter):
                     split_index, start, stop = futures[future]
                     rows[SPLITS[split_index]] += future.result()
                     reporter.step(stop - start)
+        os.sync()
         write_index(root, cls.registry_name, rows, options=wanted)
         reporter.done(root)
 
@@ -194,8 +195,9 @@ def _write_images(
         image_id = f"{split}_{image_index:05d}"
         image_rel = f"images/{split}/{image_id}.png"
         mask_rel = f"masks/{split}/{image_id}.png"
-        write_bytes(root / image_rel, encode_png(image))
-        write_bytes(root / mask_rel, encode_png(mask))
+        # no per-file fsync: the renames keep files whole, and prepare syncs once before the index
+        write_bytes(root / image_rel, encode_png(image), fsync=False)
+        write_bytes(root / mask_rel, encode_png(mask), fsync=False)
         rows.append(build_index_entry(image_id, image_rel, mask_rel, mask, NUM_CLASSES))
     return rows
 

@@ -51,22 +51,11 @@ RECORD_COLUMNS = (
 )
 
 
-def manifest_path(cfg: ExperimentConfig) -> Path:
-    """Default location of the manifest shared by every method of (dataset, fold, shot, seed, n)."""
-    return (
-        Path(cfg.output_root)
-        / "manifests"
-        / cfg.dataset.name
-        / f"fold{cfg.fold}_{cfg.eval.split}_shot{cfg.eval.shot}_ep{cfg.eval.episode_seed}"
-        f"_n{cfg.eval.n_episodes}_px{cfg.dataset.min_object_px}.json"
-    )
-
-
 def ensure_manifest(
     cfg: ExperimentConfig, adapter: DatasetAdapter, path: Path | None = None
 ) -> EpisodeManifest:
-    """Load the manifest at ``path`` (default :func:`manifest_path`), drawing and saving it if absent."""
-    path = path or manifest_path(cfg)
+    """Load the manifest at ``path`` (default ``cfg.manifest_path``), drawing and saving it if absent."""
+    path = path or cfg.manifest_path
     if path.is_file():
         manifest = EpisodeManifest.load(path)
     else:

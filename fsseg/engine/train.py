@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -54,8 +55,12 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def _check_same_run(run_dir: Path, cfg: ExperimentConfig) -> None:
-    """Refuse to resume or overwrite a run folder that holds a run of another training config."""
+def _check_same_run(run_dir: Path, cfg: ExperimentConfig, replace_changed: bool = False) -> None:
+    """Refuse to resume or overwrite a run folder that holds a run of another training config.
+
+    With ``replace_changed`` (the workflow's mode, where a changed config means "retrain") the stale
+    folder, its evaluations included, is deleted instead.
+    """
     stored_path = run_dir / "config.yaml"
     if not stored_path.is_file():
         return
@@ -63,6 +68,10 @@ def _check_same_run(run_dir: Path, cfg: ExperimentConfig) -> None:
 
     stored = config_from_dict(read_yaml(stored_path))
     if training_identity(stored) != training_identity(cfg):
+        if replace_changed:
+            print(f"fsseg: training config changed; deleting the stale run {run_dir}", file=sys.stderr)
+            shutil.rmtree(run_dir)
+            return
         raise ConfigError(
             f"{run_dir} holds a run of a different training config ({stored_path}); "
             "delete that folder or change output_root"
@@ -82,19 +91,20 @@ def train(
     cfg: ExperimentConfig,
     stop_after: int | None = None,
     on_iteration: Callable[[int], None] | None = None,
+    replace_changed: bool = False,
 ) -> Path:
     """Train (or resume, or skip if finished) the configured run; returns the run folder.
 
     ``stop_after`` ends this invocation after that many total iterations without finishing the run
     (as if killed right after a checkpoint); ``on_iteration`` is called after each step (tests use it
-    to simulate a kill at an arbitrary point).
+    to simulate a kill at an arbitrary point); ``replace_changed`` retrains from scratch when the
+    run folder holds a run of another training config instead of refusing.
     """
     run_dir = cfg.run_dir
+    _check_same_run(run_dir, cfg, replace_changed)
     if (run_dir / SUMMARY).is_file() and (run_dir / MODEL).is_file():
-        _check_same_run(run_dir, cfg)
         print(f"fsseg: {run_dir} is already trained; nothing to do", file=sys.stderr)
         return run_dir
-    _check_same_run(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", cfg.to_dict())
 

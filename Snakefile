@@ -1,0 +1,27 @@
+# fsseg benchmark workflow: every dataset × method × variant × fold × shot × seed of the config,
+# then statistics, tables, plots and an HTML report. Rules live in workflow/rules/.
+#   snakemake --cores all                                  (config/default.yaml, the synthetic default)
+#   snakemake --cores all --configfile config/paper.yaml   (iSAID-5i + DLRSD, GPUs)
+#   snakemake --profile profiles/slurm --configfile config/paper.yaml
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/default.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_report_targets(),
+    default_target: True

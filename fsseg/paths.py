@@ -1,0 +1,30 @@
+"""Output path templates: the one definition shared by the harness and the Snakemake workflow.
+
+Each template is a ``str.format`` pattern whose fields are also the workflow's wildcard names, so
+the workflow formats only the fixed parts and leaves ``{fold}``, ``{train_seed}`` … as wildcards.
+"""
+
+from __future__ import annotations
+
+RUN_DIR = (
+    "{output_root}/{dataset}/{method}-{variant}/{backbone}/fold{fold}/shot{train_shot}/seed{train_seed}"
+)
+"""Training outputs of one run (``fsseg train``)."""
+
+EVAL_DIR = RUN_DIR + "/eval/shot{shot}_ep{episode_seed}_n{n_episodes}"
+"""Evaluation outputs of one run on one test manifest (``fsseg evaluate``)."""
+
+MANIFEST = (
+    "{output_root}/manifests/{dataset}/fold{fold}_{split}_shot{shot}_ep{episode_seed}_n{n_episodes}"
+    "_px{min_object_px}.json"
+)
+"""A test-episode manifest, shared by every method (``fsseg episodes``)."""
+
+PRETRAINED_BACKBONE = "{output_root}/{dataset}/backbones/{backbone}_fold{fold}_seed{pretrain_seed}.pt"
+"""A backbone pretrained on one fold's base classes (``fsseg pretrain``)."""
+
+
+def dataset_tag(name: str, options: dict) -> str:
+    """Name used in output paths: the dataset name plus its option values (``dlrsd-A``)."""
+    values = [str(options[k]) for k in sorted(options)]
+    return "-".join([name, *values])

@@ -1,0 +1,546 @@
+"""``fsseg report`` and ``fsseg predict``: every table and figure, numbers checked against a hand computation
+and against :mod:`fsseg.stats`, captions checked for the protocol, predictions checked against evaluation.
+
+Two inputs: a hand-made grid of evaluation folders with controlled skills (three runs × two shots × two
+folds × three train seeds × two episode seeds), and a small grid written by the real engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from fsseg.aggregate import aggregate, load_aggregate
+from fsseg.cli import main
+from fsseg.config import load_config
+from fsseg.engine.build import run_id
+from fsseg.errors import ConfigError, FssegError
+from fsseg.report.build import TABLE_NAMES, build_report
+from fsseg.report.plots import FIGURE_NAMES
+from fsseg.stats import compare_family, compare_records, holm
+from tests.test_aggregate import real_evaluations, write_fake_evaluation
+
+CLASS_NAMES = {i + 1: name for i, name in enumerate("abcdef")}
+FOLD_CLASSES = {0: [1, 2, 3], 1: [4, 5, 6]}
+SKILL = {("colour_floor", "default"): 0.25, ("panet", "default"): 0.55, ("panet", "no_align"): 0.45}
+SHOTS = (1, 5)
+FOLDS = (0, 1)
+TRAIN_SEEDS = (0, 1, 2)
+EPISODE_SEEDS = (0, 1)
+N_EPISODES = 12
+PIXELS = 32 * 32
+SPEC = {
+    "dataset": "toy",
+    "title": "Toy benchmark",
+    "flagship": {"method": "panet"},
+    "baselines": [{"method": "colour_floor", "label": "colour floor"}],
+    "ablations": [{"method": "panet", "variant": "no_align"}],
+    "shots": list(SHOTS),
+    "bootstrap": {"iterations": 200, "seed": 3},
+    "caption_extra": "Extra sentence for the captions.",
+}
+
+
+def _fake_records(cfg, skill: float, manifest_hash: str) -> list[dict]:
+    """Episodes depend on the manifest (fold, shot, episode seed) only; scores on skill and the seeds."""
+    episodes = np.random.default_rng([cfg.fold, cfg.eval.shot, cfg.eval.episode_seed])
+    sizes = episodes.integers(20, 200, N_EPISODES)
+    noise = np.random.default_rng(
+        [int(skill * 100), cfg.fold, cfg.eval.shot, cfg.train.train_seed, cfg.eval.episode_seed]
+    )
+    rid = run_id(cfg)
+    rows = []
+    for episode_id in range(N_EPISODES):
+        class_id = FOLD_CLASSES[cfg.fold][episode_id % 3]
+        true_px = int(sizes[episode_id])
+        hit = int(true_px * min(1.0, max(0.0, skill + noise.normal(0, 0.15))))
+        false_px = int(noise.integers(0, 60))
+        rows.append(
+            {
+                "run_id": rid,
+                "method": cfg.method.name,
+                "variant": cfg.method.variant,
+                "backbone": cfg.backbone.name,
+                "dataset": cfg.dataset.name,
+                "fold": cfg.fold,
+                "train_shot": cfg.train.shot,
+                "shot": cfg.eval.shot,
+                "train_seed": cfg.train.train_seed,
+                "episode_seed": cfg.eval.episode_seed,
+                "manifest_hash": manifest_hash,
+                "episode_id": episode_id,
+                "class_id": class_id,
+                "class_name": CLASS_NAMES[class_id],
+                "query_id": f"test_{episode_id:03d}",
+                "support_ids": "test_100",
+                "fg_intersection": hit,
+                "fg_union": true_px + false_px,
+                "bg_intersection": PIXELS - true_px - false_px,
+                "bg_union": PIXELS - hit,
+            }
+        )
+    return rows
+
+
+def _train_log(run_dir: Path, seed: int, skill: float) -> None:
+    """A ``train_log.jsonl`` as the training engine writes it (loss rows and validation rows)."""
+    rows = []
+    for iteration in range(10, 101, 10):
+        loss = 1.0 / (1 + skill * iteration / 10) + 0.01 * seed
+        rows.append({"iteration": iteration, "lr": 0.001, "rate_it_s": 5.0, "loss": loss, "loss_main": loss})
+        if iteration % 50 == 0:
+            rows.append({"iteration": iteration, "val_miou": skill})
+    (run_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _bench_file(path: Path, toy_root: Path, tmp: Path) -> None:
+    """``fsseg bench --out`` rows: real ones of the colour floor, and PANet rows made from them (timing a
+    ResNet takes seconds; the report only reads the numbers)."""
+    from fsseg.atomic import write_json
+    from fsseg.efficiency import BENCH_OVERRIDES, bench_config
+
+    cfg = load_config(
+        base={
+            "dataset": {"name": "toy", "root": str(toy_root), "image_size": 32},
+            "output_root": str(tmp),
+            "method": {"name": "colour_floor"},
+        },
+        overrides=list(BENCH_OVERRIDES),
+    )
+    rows = bench_config(cfg, shots=list(SHOTS), device="cpu", warmup=0, repeats=1)
+    for i, variant in enumerate(("default", "no_align")):
+        for row in rows[: len(SHOTS)]:
+            made = {**row, "method": "panet", "variant": variant, "params_total": 2_780_000 + i}
+            rows.append(
+                {**made, "params_trainable": made["params_total"], "fps": 50.0 + 10 * i + row["shot"]}
+            )
+    write_json(path, {"config": {}, "bench_overrides": list(BENCH_OVERRIDES), "results": rows})
+
+
+@pytest.fixture(scope="module")
+def fake_report(toy_root, tmp_path_factory):
+    """Hand-made grid → aggregate → report (with real bench rows and real predictions)."""
+    from fsseg.engine.train import train
+    from fsseg.qualitative import predict
+
+    root = tmp_path_factory.mktemp("fake_grid")
+    folders, records = [], []
+    for (method, variant), skill in SKILL.items():
+        for shot in SHOTS:
+            for fold in FOLDS:
+                for train_seed in TRAIN_SEEDS:
+                    for episode_seed in EPISODE_SEEDS:
+                        cfg = load_config(
+                            base={
+                                "dataset": {"name": "toy", "root": str(toy_root), "image_size": 32},
+                                "output_root": str(root / "results"),
+                                "method": {"name": method, "variant": variant},
+                                "fold": fold,
+                                "train": {"shot": shot, "train_seed": train_seed},
+                                "eval": {
+                                    "shot": shot,
+                                    "episode_seed": episode_seed,
+                                    "n_episodes": N_EPISODES,
+                                },
+                            }
+                        )
+                        manifest = hashlib.sha256(f"{fold}/{shot}/{episode_seed}".encode()).hexdigest()
+                        rows = _fake_records(cfg, skill, manifest)
+                        records += rows
+                        folders.append(
+                            write_fake_evaluation(cfg.eval_dir, cfg, rows, FOLD_CLASSES[fold], CLASS_NAMES)
+                        )
+                    if method != "colour_floor":
+                        _train_log(cfg.run_dir, train_seed, skill)
+    aggregate(folders, root / "agg")
+
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(SPEC))
+    bench = root / "bench.json"
+    _bench_file(bench, toy_root, root / "bench")
+    predictions = []
+    for method in ("colour_floor", "panet"):  # real predictions on the toy manifest; panet untrained
+        cfg = load_config(
+            base={
+                "dataset": {"name": "toy", "root": str(toy_root), "image_size": 32},
+                "output_root": str(root / "predict"),
+                "method": {"name": method},
+                "train": {"iterations": 0},
+                "eval": {"n_episodes": 12, "batch_size": 12},
+            }
+        )
+        train(cfg)
+        predictions.append(predict(cfg, 3, root / f"{method}.npz"))
+    out = root / "reports"
+    written = build_report(root / "agg", spec_path, out, [bench], predictions)
+    return {
+        "root": root,
+        "out": out,
+        "written": written,
+        "records": pd.DataFrame(records),
+        "agg": load_aggregate(root / "agg"),
+    }
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+
+
+def test_report_writes_every_table_and_figure(fake_report):
+    out = fake_report["out"]
+    expected = [out / "tables" / f"{n}.{e}" for n in TABLE_NAMES for e in ("md", "tex", "csv", "caption.txt")]
+    expected += [out / "figures" / f"{n}.{e}" for n in FIGURE_NAMES for e in ("png", "pdf", "caption.txt")]
+    expected.append(out / "README.md")
+    assert sorted(map(str, fake_report["written"])) == sorted(map(str, expected))
+    for path in expected:
+        assert path.is_file() and path.stat().st_size > 0, path
+    for name in FIGURE_NAMES:
+        assert (out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "figures" / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    index = (out / "README.md").read_text()
+    for name in TABLE_NAMES:
+        assert f"tables/{name}.tex" in index
+    for name in FIGURE_NAMES:
+        assert f"figures/{name}.png" in index
+
+
+def test_table_files_carry_their_captions(fake_report):
+    tables = fake_report["out"] / "tables"
+    for name in TABLE_NAMES:
+        caption = (tables / f"{name}.caption.txt").read_text().strip()
+        md = (tables / f"{name}.md").read_text()
+        assert md.rstrip().endswith(f"*{caption}*")  # italic paragraph under the table
+        tex = (tables / f"{name}.tex").read_text()
+        assert "\\begin{table}" in tex and "\\caption{" in tex and "\\end{table}" in tex
+        assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule")
+        body = "\n".join(line for line in tex.splitlines() if not line.startswith("\\label"))
+        assert "_" not in body.replace("\\_", "")  # every underscore escaped
+        assert caption not in (tables / f"{name}.csv").read_text()  # the CSV holds data only
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Numbers
+
+
+def _class_miou(rows: pd.DataFrame) -> float:
+    """Class-wise mIoU by hand: per class, summed intersections over summed unions; mean over classes."""
+    ious = []
+    for _, group in rows.groupby("class_id"):
+        ious.append(group["fg_intersection"].sum() / group["fg_union"].sum())
+    return sum(ious) / len(ious)
+
+
+def _fbiou(rows: pd.DataFrame) -> float:
+    fg = rows["fg_intersection"].sum() / rows["fg_union"].sum()
+    bg = rows["bg_intersection"].sum() / rows["bg_union"].sum()
+    return (fg + bg) / 2
+
+
+def _hand_cells(records: pd.DataFrame, method: str, variant: str, shot: int, score) -> dict:
+    """{fold or 'mean': (mean, sd)} over train seeds of unit scores (episode seeds averaged first)."""
+    run = records[(records["method"] == method) & (records["variant"] == variant) & (records["shot"] == shot)]
+    unit = {}
+    for fold in FOLDS:
+        for seed in TRAIN_SEEDS:
+            per_episode_seed = [
+                score(run[(run["fold"] == fold) & (run["train_seed"] == seed) & (run["episode_seed"] == e)])
+                for e in EPISODE_SEEDS
+            ]
+            unit[(fold, seed)] = sum(per_episode_seed) / len(per_episode_seed)
+    cells = {}
+    for fold in FOLDS:
+        values = [unit[(fold, s)] for s in TRAIN_SEEDS]
+        cells[str(fold)] = (statistics.mean(values), statistics.stdev(values))
+    per_seed = [statistics.mean(unit[(f, s)] for f in FOLDS) for s in TRAIN_SEEDS]
+    cells["mean"] = (statistics.mean(per_seed), statistics.stdev(per_seed))
+    return cells
+
+
+@pytest.mark.parametrize(("table", "score"), [("main_miou", _class_miou), ("main_fbiou", _fbiou)])
+def test_main_table_equals_a_hand_computation_from_the_records(fake_report, table, score):
+    data = _csv(fake_report["out"] / "tables" / f"{table}.csv")
+    assert len(data) == 2 * len(SHOTS) * (len(FOLDS) + 1)  # flagship and baseline, folds and mean
+    md = (fake_report["out"] / "tables" / f"{table}.md").read_text()
+    for (method, variant), label in (
+        (("panet", "default"), "panet"),
+        (("colour_floor", "default"), "colour floor"),
+    ):
+        for shot in SHOTS:
+            cells = _hand_cells(fake_report["records"], method, variant, shot, score)
+            for fold, (mean, sd) in cells.items():
+                row = data[
+                    (data["label"] == label) & (data["shot"] == shot) & (data["fold"].astype(str) == fold)
+                ]
+                assert len(row) == 1
+                assert row["mean"].item() == pytest.approx(mean, abs=1e-12)
+                assert row["sd"].item() == pytest.approx(sd, abs=1e-12)
+                assert row["n_train_seeds"].item() == len(TRAIN_SEEDS)
+                assert f"{100 * mean:.1f} ± {100 * sd:.1f}" in md
+
+
+def test_best_mean_per_column_is_bold(fake_report):
+    md = (fake_report["out"] / "tables" / "main_miou.md").read_text().splitlines()
+    flagship = next(line for line in md if line.startswith("| panet |"))
+    baseline = next(line for line in md if line.startswith("| colour floor |"))
+    n_columns = len(SHOTS) * (len(FOLDS) + 1)
+    assert flagship.count("**") == 2 * n_columns and "**" not in baseline  # the flagship is far better
+    tex = (fake_report["out"] / "tables" / "main_miou.tex").read_text()
+    assert tex.count("\\textbf{") == n_columns
+    assert "\\multicolumn{3}{c}{1-shot}" in tex and "\\cmidrule(lr){2-4}" in tex
+
+
+def _run_records(agg, method: str, variant: str, shot: int) -> pd.DataFrame:
+    r = agg.records
+    return r[(r["method"] == method) & (r["variant"] == variant) & (r["shot"] == shot)].reset_index(drop=True)
+
+
+def test_significance_equals_fsseg_stats(fake_report):
+    agg = fake_report["agg"]
+    data = _csv(fake_report["out"] / "tables" / "significance.csv")
+    assert len(data) == 2 * len(SHOTS)  # one baseline per shot, one ablation per shot
+    for shot in SHOTS:
+        expected = compare_family(
+            _run_records(agg, "panet", "default", shot),
+            {"colour floor": _run_records(agg, "colour_floor", "default", shot)},
+            n_boot=200,
+            seed=3,
+        )["colour floor"]
+        row = data[(data["shot"] == shot) & (data["b"] == "colour floor")].iloc[0]
+        for column, value in expected.to_row().items():
+            if isinstance(value, float) and not math.isnan(value):
+                assert row[column] == pytest.approx(value, rel=1e-12, abs=1e-15), column
+        assert row["p_ttest_holm"] == pytest.approx(expected.holm["ttest"], rel=1e-12)
+        assert row["n_units"] == len(FOLDS) * len(TRAIN_SEEDS)
+
+    # the ablations form one family over both shots
+    ablations = [
+        compare_records(
+            _run_records(agg, "panet", "default", shot),
+            _run_records(agg, "panet", "no_align", shot),
+            n_boot=200,
+            seed=3,
+        )
+        for shot in SHOTS
+    ]
+    adjusted = holm([c.ttest.p for c in ablations])
+    ablation_table = _csv(fake_report["out"] / "tables" / "ablation.csv")
+    for shot, comparison, p_holm in zip(SHOTS, ablations, adjusted, strict=True):
+        row = data[(data["shot"] == shot) & (data["b"] == "panet (no_align)")].iloc[0]
+        assert row["diff"] == pytest.approx(comparison.ttest.mean_diff, rel=1e-12)
+        assert row["p_ttest"] == pytest.approx(comparison.ttest.p, rel=1e-12)
+        assert row["p_ttest_holm"] == pytest.approx(p_holm, rel=1e-12)
+        assert row["boot_ci_low"] == pytest.approx(comparison.bootstrap.ci_low, rel=1e-12)
+        assert bool(row["marked"]) == (p_holm < 0.05)
+        ab = ablation_table[
+            (ablation_table["shot"] == shot) & (ablation_table["variant"] == "no_align")
+        ].iloc[0]
+        assert ab["diff_vs_full"] == pytest.approx(-comparison.ttest.mean_diff, rel=1e-12)  # variant − full
+        assert ab["p_ttest_holm"] == pytest.approx(p_holm, rel=1e-12)
+        assert ab["change"] == "align: True → False"
+
+
+def test_significant_comparisons_are_marked(fake_report):
+    md = (fake_report["out"] / "tables" / "significance.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| vs baselines")]
+    assert len(rows) == len(SHOTS) and all(row.rstrip(" |").endswith("†") for row in rows)
+
+
+def test_efficiency_table_comes_from_bench_files(fake_report):
+    data = _csv(fake_report["out"] / "tables" / "efficiency.csv")
+    bench = json.loads((fake_report["root"] / "bench.json").read_text())["results"]
+    assert len(data) == len(bench) == len(SKILL) * len(SHOTS)
+    assert list(data["label"][:2]) == ["colour floor", "colour floor"]  # spec order: baselines first
+    panet = data[data["label"] == "panet"].iloc[0]
+    source = next(r for r in bench if r["method"] == "panet" and r["variant"] == "default" and r["shot"] == 1)
+    assert panet["params_total"] == source["params_total"] and panet["fps"] == pytest.approx(source["fps"])
+    caption = (fake_report["out"] / "tables" / "efficiency.caption.txt").read_text()
+    assert source["device"] in caption and source["peak_memory_kind"] in caption
+    md = (fake_report["out"] / "tables" / "efficiency.md").read_text()
+    assert f"{source['params_total'] / 1e6:.2f}" in md
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Captions
+
+
+def test_captions_state_the_protocol(fake_report):
+    tables = fake_report["out"] / "tables"
+    figures = fake_report["out"] / "figures"
+    paths = [tables / f"{n}.caption.txt" for n in TABLE_NAMES if n != "efficiency"]
+    paths += [figures / f"{n}.caption.txt" for n in FIGURE_NAMES]
+    for path in paths:
+        text = path.read_text()
+        for fact in (
+            "dataset toy",
+            "folds 0, 1",
+            f"{N_EPISODES} test episodes per fold and episode seed",
+            "episode seeds 0, 1;",
+            "train seeds 0, 1, 2;",
+            "input 32×32 px",
+            "original resolution",
+            "train filter: none",
+            "no minimum object size",
+            "last checkpoint",
+            "backbone resnet18",
+            "Extra sentence for the captions.",
+        ):
+            assert fact in text, (path.name, fact)
+    main = (tables / "main_miou.caption.txt").read_text()
+    assert "mean ± sd over 3 train seeds" in main and "averaged over 2 episode seeds" in main
+    assert "for 1- and 5-shot test episodes" in main
+
+
+def test_fbiou_is_never_labelled_miou(fake_report):
+    tables = fake_report["out"] / "tables"
+    for ext in ("md", "tex", "csv", "caption.txt"):
+        text = (tables / f"main_fbiou.{ext}").read_text()
+        assert "mIoU" not in text and "miou" not in text
+    assert "FB-IoU" in (tables / "main_fbiou.md").read_text()
+    assert set(_csv(tables / "main_fbiou.csv")["metric"]) == {"fbiou"}
+
+
+def test_spec_errors_are_reported(fake_report, tmp_path):
+    agg = fake_report["root"] / "agg"
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text(yaml.safe_dump({**SPEC, "baseline": []}))
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_report(agg, bad_key, tmp_path / "out")
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**SPEC, "dataset": "isaid5i"}))
+    with pytest.raises(FssegError, match="for dataset 'isaid5i'"):
+        build_report(agg, other, tmp_path / "out")
+    absent = tmp_path / "absent.yaml"
+    absent.write_text(yaml.safe_dump({**SPEC, "flagship": {"method": "dsmfnet"}}))
+    with pytest.raises(FssegError, match="flagship dsmfnet-default has no evaluation"):
+        build_report(agg, absent, tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The real engine end to end, and predict
+
+
+@pytest.fixture(scope="module")
+def real_grid(toy_root, tmp_path_factory):
+    """Colour floor and an untrained PANet (0 iterations: differs per train seed) from the real engine."""
+    from fsseg.engine.train import train
+
+    root = tmp_path_factory.mktemp("real_grid")
+
+    def make(*overrides: str):
+        base = {
+            "dataset": {"name": "toy", "root": str(toy_root), "image_size": 32},
+            "output_root": str(root / "results"),
+            "train": {"iterations": 0},
+            "eval": {"n_episodes": 12, "batch_size": 12},
+        }
+        return load_config(base=base, overrides=list(overrides))
+
+    for fold in FOLDS:
+        for seed in (0, 1):
+            train(make("method.name=panet", f"fold={fold}", f"train.train_seed={seed}"))
+    folders = real_evaluations(make, episode_seeds=(0,)) + real_evaluations(
+        make, episode_seeds=(0,), method="panet"
+    )
+    return root, make, folders
+
+
+def test_report_from_real_evaluations_through_the_cli(real_grid, tmp_path, capsys):
+    _, _, folders = real_grid
+    assert main(["aggregate", "--evals", *map(str, folders), "--out", str(tmp_path / "agg")]) == 0
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "dataset": "toy",
+                "flagship": {"method": "panet"},
+                "baselines": [{"method": "colour_floor"}],
+                "shots": [1],
+                "bootstrap": {"iterations": 50, "seed": 0},
+            }
+        )
+    )
+    argv = ["report", "--aggregate", str(tmp_path / "agg"), "--spec", str(spec)]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert len(files) == 5 * 4 + 7 * 3 + 1
+    for rel in files:  # reruns give the same bytes, figures included
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    data = _csv(tmp_path / "a" / "tables" / "significance.csv")
+    assert list(data["n_units"]) == [len(FOLDS) * 2]
+    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+    panet = [s["metrics"]["miou"] for s in summaries if s["method"] == "panet"]
+    main_table = _csv(tmp_path / "a" / "tables" / "main_miou.csv")
+    mean = main_table[(main_table["label"] == "panet") & (main_table["fold"] == "mean")]["mean"].item()
+    assert mean == pytest.approx(sum(panet) / len(panet), abs=1e-12)  # one episode seed: plain mean
+    capsys.readouterr()
+
+
+def test_predict_saves_episodes_that_match_the_evaluation(real_grid, tmp_path):
+    from fsseg.engine.evaluate import read_records
+    from fsseg.qualitative import IDENTITY_KEYS, crop, load_predictions
+
+    _, make, folders = real_grid
+    cfg = make("method.name=panet", "fold=1", "train.train_seed=1")
+    out = tmp_path / "pred.npz"
+    assert main(["predict", "--set", "method.name=panet", "--set", "fold=1", "--set", "train.train_seed=1",
+                 "--set", f"output_root={cfg.output_root}", "--set", f"dataset.root={cfg.dataset.root}",
+                 "--set", "dataset.name=toy", "--set", "dataset.image_size=32", "--set", "eval.n_episodes=12",
+                 "--set", "train.iterations=0", "--episodes", "5", "--out", str(out)]) == 0  # fmt: skip
+    p = load_predictions(out)
+    n = 5
+    assert p["query_images"].shape == (n, 32, 32, 3) and p["query_images"].dtype == np.uint8
+    assert p["support_images"].shape == (n, 1, 32, 32, 3) and p["support_images"].dtype == np.uint8
+    assert p["support_masks"].shape == (n, 1, 32, 32) and set(np.unique(p["support_masks"])) <= {0, 1, 255}
+    assert p["query_labels"].shape == (n, 32, 32) and set(np.unique(p["query_labels"])) <= {0, 1, 255}
+    assert p["predictions"].shape == (n, 32, 32) and p["predictions"].dtype == np.uint8
+    assert set(np.unique(p["predictions"])) <= {0, 1}
+    assert p["query_sizes"].tolist() == [[32, 32]] * n and p["support_sizes"].shape == (n, 1, 2)
+    assert p["episode_ids"].tolist() == list(range(n))
+    assert p["class_names"].shape == (n,) and set(p["class_names"]) <= set("def")
+    assert all(key in p for key in IDENTITY_KEYS)
+    assert (p["method"], p["variant"], p["fold"], p["shot"]) == ("panet", "default", 1, 1)
+    assert crop(p["predictions"][0], p["query_sizes"][0]).shape == (32, 32)
+
+    # the saved predictions are the evaluated ones: same manifest, same counts episode by episode
+    evaluated = next(
+        f for f in folders if "panet-default" in str(f) and "fold1" in str(f) and "seed1" in str(f)
+    )
+    records = read_records(evaluated / "records.csv")[:n]
+    assert p["manifest_hash"] == records[0]["manifest_hash"]
+    for column in ("fg_intersection", "fg_union", "bg_intersection", "bg_union"):
+        assert p[column].tolist() == [int(r[column]) for r in records]
+    assert p["class_ids"].tolist() == [int(r["class_id"]) for r in records]
+    assert p["query_ids"].tolist() == [r["query_id"] for r in records]
+
+    again = tmp_path / "again.npz"
+    from fsseg.qualitative import predict
+
+    predict(cfg, n, again)
+    assert again.read_bytes() == out.read_bytes()  # fixed zip timestamps: same bytes
+
+
+def test_qualitative_grid_has_one_column_per_method(fake_report):
+    from fsseg.qualitative import load_predictions
+
+    files = sorted(fake_report["root"].glob("*.npz"))
+    loaded = [load_predictions(f) for f in files]
+    assert {p["method"] for p in loaded} == {"colour_floor", "panet"}
+    assert len({p["manifest_hash"] for p in loaded}) == 1  # same episodes, so they share rows
+    png = fake_report["out"] / "figures" / "qualitative.png"
+    from PIL import Image
+
+    width, height = Image.open(png).size
+    assert width > height  # 3 episode rows × (3 + 2) columns

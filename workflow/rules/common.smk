@@ -1,0 +1,293 @@
+# Shared helpers of the workflow: the grid, the path templates (from fsseg.paths, the one definition
+# the harness also uses), the fsseg --set arguments of each job, and the target lists.
+import re
+import shlex
+from pathlib import Path
+
+from fsseg import paths
+from fsseg.config import load_config
+from fsseg.registry import METHODS
+
+RESULTS = config.get("results", "results")
+REPORTS = config.get("reports", "reports")
+LOGS = config.get("logs", "logs")
+GRID = config["grid"]
+ABLATIONS = config.get("ablations", {}) or {}
+FLAGSHIP = config["flagship"]
+FLAGSHIP.setdefault("variant", "default")
+METHOD_OVERRIDES = config.get("method_overrides", {}) or {}
+STATS = config.get("statistics", {}) or {}
+BENCH = config.get("bench", {}) or {}
+QUALITATIVE = config.get("qualitative", {}) or {}
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
+    method=r"[a-z0-9_]+",
+    variant=r"[a-z0-9_]+",
+    backbone=r"[a-z0-9]+",
+    fold=r"\d+",
+    train_shot=r"\d+",
+    train_seed=r"\d+",
+    shot=r"\d+",
+    episode_seed=r"\d+",
+    n_episodes=r"\d+",
+    pretrain_seed=r"\d+",
+
+
+def _load_experiments():
+    """Validate every dataset's experiment config now, so a typo fails the plan, not a job."""
+    experiments = {}
+    for tag, entry in config["datasets"].items():
+        cfg = load_config([entry["experiment"]])
+        if cfg.dataset_tag != tag:
+            raise ValueError(
+                f"config datasets.{tag}: its experiment {entry['experiment']} describes dataset "
+                f"{cfg.dataset_tag!r}; name the entry {cfg.dataset_tag!r}"
+            )
+        if cfg.output_root != RESULTS:
+            raise ValueError(
+                f"config datasets.{tag}: output_root of {entry['experiment']} is {cfg.output_root!r}, "
+                f"the workflow's results folder is {RESULTS!r}; make them equal"
+            )
+        if entry.get("pretrain_backbone") != (cfg.backbone.weights == "fold_pretrained"):
+            raise ValueError(
+                f"config datasets.{tag}: pretrain_backbone must be true exactly when the experiment's "
+                f"backbone.weights is 'fold_pretrained' (it is {cfg.backbone.weights!r})"
+            )
+        experiments[tag] = cfg
+    return experiments
+
+
+def _check_methods():
+    declared = {(m, v) for m, variants in GRID["methods"].items() for v in variants}
+    declared |= {(FLAGSHIP["method"], v) for v in ABLATIONS.get("variants", [])}
+    declared.add((FLAGSHIP["method"], FLAGSHIP["variant"]))
+    for method, variant in sorted(declared):
+        cls = METHODS.get(method)  # unknown names list the known ones
+        if variant not in cls.variants:
+            raise ValueError(
+                f"config: method {method!r} has no variant {variant!r}; known: {', '.join(cls.variants)}"
+            )
+    for method in METHOD_OVERRIDES:
+        METHODS.get(method)
+
+
+EXPERIMENTS = _load_experiments()
+_check_methods()
+
+
+def dataset_folds(tag):
+    return config["datasets"][tag].get("folds", GRID["folds"])
+
+
+def runs(tag):
+    """(method, variant, fold, train_shot, train_seed, test_shots) of every training run of a dataset."""
+    out = []
+    for method, variants in GRID["methods"].items():
+        for variant in variants:
+            for fold in dataset_folds(tag):
+                for train_shot in GRID["train_shots"]:
+                    for seed in GRID["train_seeds"]:
+                        out.append((method, variant, fold, train_shot, seed, tuple(GRID["test_shots"])))
+    ablation_folds = ABLATIONS.get("folds", dataset_folds(tag))
+    ablation_shots = tuple(ABLATIONS.get("test_shots", GRID["test_shots"]))
+    for variant in ABLATIONS.get("variants", []):
+        for fold in ablation_folds:
+            for train_shot in GRID["train_shots"]:
+                for seed in GRID["train_seeds"]:
+                    out.append((FLAGSHIP["method"], variant, fold, train_shot, seed, ablation_shots))
+    return sorted(set(out))
+
+
+def path_fields(tag, **fixed):
+    """Fixed parts of a path template for a dataset; every other field stays a wildcard."""
+    cfg = EXPERIMENTS[tag]
+    fields = {
+        "output_root": RESULTS,
+        "dataset": tag,
+        "backbone": cfg.backbone.name,
+        "split": cfg.eval.split,
+        "min_object_px": cfg.dataset.min_object_px,
+        "pretrain_seed": cfg.pretrain.seed,
+        "n_episodes": GRID["n_episodes"],
+    }
+    for name in ("method", "variant", "fold", "train_shot", "train_seed", "shot", "episode_seed"):
+        fields[name] = "{" + name + "}"
+    fields.update(fixed)
+    return fields
+
+
+def wildcard_pattern(template):
+    """A template with every field a wildcard (the form rules declare as outputs)."""
+    names = ["output_root", "dataset", "method", "variant", "backbone", "fold", "train_shot",
+             "train_seed", "shot", "episode_seed", "n_episodes", "split", "min_object_px",
+             "pretrain_seed"]
+    fields = {n: "{" + n + "}" for n in names}
+    fields["output_root"] = RESULTS
+    return template.format(**fields)
+
+
+RUN_DIR = wildcard_pattern(paths.RUN_DIR)
+EVAL_DIR = wildcard_pattern(paths.EVAL_DIR)
+MANIFEST = wildcard_pattern(paths.MANIFEST)
+BACKBONE = wildcard_pattern(paths.PRETRAINED_BACKBONE)
+
+
+def prepared_marker(tag):
+    return str(Path(EXPERIMENTS[tag].dataset.root) / "fsseg_dataset.json")
+
+
+def experiment_file(wildcards):
+    return config["datasets"][wildcards.dataset]["experiment"]
+
+
+def _sets(pairs):
+    return " ".join(f"--set {shlex.quote(f'{k}={v}')}" for k, v in pairs)
+
+
+def _method_sets(wildcards):
+    pairs = [("method.name", wildcards.method), ("method.variant", wildcards.variant)]
+    pairs += [tuple(item.split("=", 1)) for item in METHOD_OVERRIDES.get(wildcards.method, [])]
+    return pairs
+
+
+def train_args(wildcards):
+    pairs = [("fold", wildcards.fold), ("train.shot", wildcards.train_shot),
+             ("train.train_seed", wildcards.train_seed)]
+    return _sets(pairs + _method_sets(wildcards))
+
+
+def eval_args(wildcards):
+    pairs = [("fold", wildcards.fold), ("train.shot", wildcards.train_shot),
+             ("train.train_seed", wildcards.train_seed), ("eval.shot", wildcards.shot),
+             ("eval.episode_seed", wildcards.episode_seed), ("eval.n_episodes", wildcards.n_episodes)]
+    return _sets(pairs + _method_sets(wildcards))
+
+
+def manifest_args(wildcards):
+    pairs = [("fold", wildcards.fold), ("eval.shot", wildcards.shot),
+             ("eval.episode_seed", wildcards.episode_seed), ("eval.n_episodes", wildcards.n_episodes)]
+    return _sets(pairs)
+
+
+def pretrain_args(wildcards):
+    return _sets([("fold", wildcards.fold)])
+
+
+PREPARED_ROOTS = {str(Path(cfg.dataset.root)): tag for tag, cfg in EXPERIMENTS.items()}
+PREPARED_ROOT_PATTERN = "|".join(re.escape(root) for root in sorted(PREPARED_ROOTS))
+
+
+def prepare_args(wildcards):
+    return config["datasets"][PREPARED_ROOTS[wildcards.prepared_root]]["prepare"]
+
+
+def prepared_input(wildcards):
+    return prepared_marker(wildcards.dataset)
+
+
+def backbone_input(wildcards):
+    """The fold's pretrained backbone when the dataset uses one, else nothing."""
+    if not config["datasets"][wildcards.dataset].get("pretrain_backbone", False):
+        return []
+    return BACKBONE.format(**path_fields(wildcards.dataset, fold=wildcards.fold))
+
+
+def train_done(wildcards):
+    return RUN_DIR.format(**wildcards) + "/train_summary.json"
+
+
+def manifest_input(wildcards):
+    return MANIFEST.format(**path_fields(wildcards.dataset, fold=wildcards.fold, shot=wildcards.shot,
+                                         episode_seed=wildcards.episode_seed))
+
+
+def eval_dirs(tag):
+    """Every evaluation folder of the grid of one dataset."""
+    out = []
+    for method, variant, fold, train_shot, seed, shots in runs(tag):
+        for shot in shots:
+            for episode_seed in GRID["episode_seeds"]:
+                out.append(EVAL_DIR.format(**path_fields(
+                    tag, method=method, variant=variant, fold=fold, train_shot=train_shot,
+                    train_seed=seed, shot=shot, episode_seed=episode_seed)))
+    return out
+
+
+def eval_summaries(wildcards):
+    return [d + "/summary.json" for d in eval_dirs(wildcards.dataset)]
+
+
+def method_variants(tag):
+    return sorted({(m, v) for m, v, *_ in runs(tag)})
+
+
+def efficiency_files(wildcards):
+    return [f"{RESULTS}/{wildcards.dataset}/efficiency/{m}-{v}.json" for m, v in method_variants(wildcards.dataset)]
+
+
+def prediction_files(wildcards):
+    q = QUALITATIVE
+    tag = wildcards.dataset
+    keep = {(m, v) for m, v, fold, _, seed, shots in runs(tag)
+            if fold == q.get("fold", 0) and seed == q.get("train_seed", 0) and q.get("shot", 1) in shots}
+    main = {(m, v) for m, variants in GRID["methods"].items() for v in variants}
+    return [f"{RESULTS}/{tag}/qualitative/{m}-{v}.npz" for m, v in sorted(keep & main)]
+
+
+def qualitative_args(wildcards):
+    q = QUALITATIVE
+    pairs = [("fold", q.get("fold", 0)), ("train.shot", GRID["train_shots"][0]),
+             ("train.train_seed", q.get("train_seed", 0)), ("eval.shot", q.get("shot", 1)),
+             ("eval.episode_seed", q.get("episode_seed", 0)), ("eval.n_episodes", GRID["n_episodes"])]
+    return _sets(pairs + _method_sets(wildcards))
+
+
+def qualitative_inputs(wildcards):
+    q = QUALITATIVE
+    fields = path_fields(wildcards.dataset, method=wildcards.method, variant=wildcards.variant,
+                         fold=q.get("fold", 0), train_shot=GRID["train_shots"][0],
+                         train_seed=q.get("train_seed", 0), shot=q.get("shot", 1),
+                         episode_seed=q.get("episode_seed", 0))
+    return [RUN_DIR.format(**fields) + "/train_summary.json", MANIFEST.format(**fields)]
+
+
+def bench_args(wildcards):
+    sizes = BENCH.get("sizes") or [EXPERIMENTS[wildcards.dataset].dataset.image_size]
+    shots = BENCH.get("shots", [1])
+    return (f"--sizes {' '.join(map(str, sizes))} --shots {' '.join(map(str, shots))} "
+            f"--repeats {BENCH.get('repeats', 20)} " + _sets(_method_sets(wildcards)))
+
+
+REPORT_TABLES = ["main_miou", "main_fbiou", "ablation", "significance", "efficiency"]
+REPORT_FIGURES = ["per_fold_miou", "class_iou_heatmap", "training_curves", "miou_vs_fps",
+                  "miou_vs_params", "paired_differences", "qualitative"]
+
+
+def report_outputs(tag):
+    out = []
+    for name in REPORT_TABLES:
+        out += [f"{REPORTS}/{tag}/tables/{name}.{ext}" for ext in ("md", "tex", "csv")]
+    for name in REPORT_FIGURES:
+        out += [f"{REPORTS}/{tag}/figures/{name}.{ext}" for ext in ("png", "pdf")]
+    return out
+
+
+def all_report_targets():
+    return [path for tag in config["datasets"] for path in report_outputs(tag)]
+
+
+def report_spec(wildcards):
+    """What the report compares: the flagship against each baseline, and each ablation against it."""
+    main = [{"method": m, "variant": v} for m, variants in GRID["methods"].items() for v in variants]
+    flagship = {"method": FLAGSHIP["method"], "variant": FLAGSHIP["variant"]}
+    return {
+        "dataset": wildcards.dataset,
+        "title": f"fsseg benchmark: {wildcards.dataset}",
+        "flagship": flagship,
+        "baselines": [m for m in main if m != flagship],
+        "ablations": [{"method": FLAGSHIP["method"], "variant": v} for v in ABLATIONS.get("variants", [])],
+        "shots": list(GRID["test_shots"]),
+        "bootstrap": {"iterations": STATS.get("bootstrap_iterations", 2000), "seed": STATS.get("seed", 0)},
+    }

@@ -1,0 +1,34 @@
+# Data preparation (once per dataset) and base-class backbone pretraining (once per fold).
+
+
+rule prepare:
+    output:
+        "{prepared_root}/fsseg_dataset.json",
+    wildcard_constraints:
+        prepared_root=PREPARED_ROOT_PATTERN,
+    params:
+        args=prepare_args,
+    log:
+        f"{LOGS}/prepare/{{prepared_root}}.log",
+    localrule: True
+    shell:
+        "fsseg prepare {params.args} > {log} 2>&1"
+
+
+rule pretrain:
+    input:
+        prepared=prepared_input,
+        experiment=experiment_file,
+    output:
+        BACKBONE,
+    params:
+        sets=pretrain_args,
+    log:
+        f"{LOGS}/{{dataset}}/pretrain/{{backbone}}_fold{{fold}}_seed{{pretrain_seed}}.log",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "OMP_NUM_THREADS={threads} fsseg pretrain -c {input.experiment} {params.sets} --out {output} > {log} 2>&1"

@@ -1,0 +1,24 @@
+# Training: one job per (dataset, method, variant, fold, train shot, train seed). A job killed half-way
+# leaves checkpoint.pt behind; rerunning the workflow resumes it (the declared output, written last,
+# is train_summary.json). A changed training config retrains that run from scratch.
+
+
+rule train:
+    input:
+        prepared=prepared_input,
+        backbone=backbone_input,
+        experiment=experiment_file,
+    output:
+        RUN_DIR + "/train_summary.json",
+    params:
+        sets=train_args,
+    log:
+        f"{LOGS}/{{dataset}}/train/{{method}}-{{variant}}_{{backbone}}_fold{{fold}}_shot{{train_shot}}_seed{{train_seed}}.log",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    shell:
+        "OMP_NUM_THREADS={threads} fsseg train -c {input.experiment} {params.sets} --replace-changed "
+        "> {log} 2>&1"
