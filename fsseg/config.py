@@ -121,16 +121,6 @@ class ExperimentConfig:
     eval: EvalConfig = opt(EvalConfig())
     pretrain: PretrainConfig = opt(PretrainConfig())
 
-    @property
-    def pretrained_backbone_path(self) -> Path:
-        """Where ``fsseg pretrain`` writes this fold's base-class backbone."""
-        return (
-            Path(self.output_root)
-            / self.dataset.name
-            / "backbones"
-            / f"{self.backbone.name}_fold{self.fold}_seed{self.pretrain.seed}.pt"
-        )
-
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
@@ -183,36 +173,6 @@ class ExperimentConfig:
     def pretrained_backbone_path(self) -> Path:
         """Where ``fsseg pretrain`` writes this fold's base-class backbone."""
         return Path(paths.PRETRAINED_BACKBONE.format(**self._path_fields()))
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
-
-    @property
-    def run_name(self) -> str:
-        """The run's name, ``{method}-{variant}_{backbone}_{dataset}-fold{f}_{shot}shot_seed{s}``."""
-        return (
-            f"{self.method.name}-{self.method.variant}_{self.backbone.name}_{self.dataset.name}"
-            f"-fold{self.fold}_{self.train.shot}shot_seed{self.train.train_seed}"
-        )
-
-    @property
-    def run_dir(self) -> Path:
-        """Where ``fsseg train`` writes; the harness alone decides it."""
-        return (
-            Path(self.output_root)
-            / self.dataset.name
-            / f"{self.method.name}-{self.method.variant}"
-            / self.backbone.name
-            / f"fold{self.fold}"
-            / f"shot{self.train.shot}"
-            / f"seed{self.train.train_seed}"
-        )
-
-    @property
-    def eval_dir(self) -> Path:
-        return (
-            self.run_dir / "eval" / f"shot{self.eval.shot}_ep{self.eval.episode_seed}_n{self.eval.n_episodes}"
-        )
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -6,9 +6,7 @@ the workflow formats only the fixed parts and leaves ``{fold}``, ``{train_seed}`
 
 from __future__ import annotations
 
-RUN_DIR = (
-    "{output_root}/{dataset}/{method}-{variant}/{backbone}/fold{fold}/shot{train_shot}/seed{train_seed}"
-)
+RUN_DIR = "{output_root}/{dataset}/{method}-{variant}/{backbone}/fold{fold}/shot{train_shot}/seed{train_seed}"
 """Training outputs of one run (``fsseg train``)."""
 
 EVAL_DIR = RUN_DIR + "/eval/shot{shot}_ep{episode_seed}_n{n_episodes}"
