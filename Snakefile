@@ -8,7 +8,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/default.yaml"
+# The default config only when none is given: a --configfile would otherwise be merged into it.
+if not config:
+
+    configfile: "config/default.yaml"
+
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

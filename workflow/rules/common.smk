@@ -100,13 +100,25 @@ def runs(tag):
     return sorted(set(out))
 
 
+_BACKBONES = {}
+
+
+def backbone_of(tag, method):
+    """The backbone a method runs with on a dataset (a method override may change it, e.g. PANet's VGG-16)."""
+    if (tag, method) not in _BACKBONES:
+        overrides = [f"method.name={method}", *METHOD_OVERRIDES.get(method, [])]
+        cfg = load_config([config["datasets"][tag]["experiment"]], overrides)
+        _BACKBONES[(tag, method)] = cfg.backbone.name
+    return _BACKBONES[(tag, method)]
+
+
 def path_fields(tag, **fixed):
     """Fixed parts of a path template for a dataset; every other field stays a wildcard."""
     cfg = EXPERIMENTS[tag]
     fields = {
         "output_root": RESULTS,
         "dataset": tag,
-        "backbone": cfg.backbone.name,
+        "backbone": "{backbone}",
         "split": cfg.eval.split,
         "min_object_px": cfg.dataset.min_object_px,
         "pretrain_seed": cfg.pretrain.seed,
@@ -115,6 +127,8 @@ def path_fields(tag, **fixed):
     for name in ("method", "variant", "fold", "train_shot", "train_seed", "shot", "episode_seed"):
         fields[name] = "{" + name + "}"
     fields.update(fixed)
+    if "backbone" not in fixed and not fields["method"].startswith("{"):
+        fields["backbone"] = backbone_of(tag, fields["method"])
     return fields
 
 
@@ -191,7 +205,7 @@ def backbone_input(wildcards):
     """The fold's pretrained backbone when the dataset uses one, else nothing."""
     if not config["datasets"][wildcards.dataset].get("pretrain_backbone", False):
         return []
-    return BACKBONE.format(**path_fields(wildcards.dataset, fold=wildcards.fold))
+    return BACKBONE.format(**path_fields(wildcards.dataset, fold=wildcards.fold, backbone=wildcards.backbone))
 
 
 def train_done(wildcards):
