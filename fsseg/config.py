@@ -55,6 +55,11 @@ class BackboneConfig:
     )
     sha256: str | None = opt(None, help="expected sha256 of the weights file (checked when given)")
     output_stride: Literal[8, 16, 32] = opt(8, help="output stride of the dilated backbone")
+    max_stage: str | None = opt(
+        None,
+        help="deepest backbone stage kept (e.g. layer3 on a CPU); later stages are dropped and methods "
+        "whose high-level stage is 'auto' use this one; null keeps every stage",
+    )
     train_mode: Literal["method", "frozen", "finetune"] = opt(
         "method", help="'method' keeps the method's own choice; the others force it"
     )

@@ -55,6 +55,7 @@ class BackboneSpec:
     weights: str = opt("none")
     sha256: str | None = opt(None)
     output_stride: int = opt(8)
+    max_stage: str | None = opt(None)
     train_mode: str = opt("method")
 
 

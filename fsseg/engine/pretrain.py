@@ -60,7 +60,10 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
 
     torch.manual_seed(settings.seed)
     spec = BackboneSpec(
-        name=cfg.backbone.name, weights=settings.init_weights, output_stride=cfg.backbone.output_stride
+        name=cfg.backbone.name,
+        weights=settings.init_weights,
+        output_stride=cfg.backbone.output_stride,
+        max_stage=cfg.backbone.max_stage,
     )
     backbone = build_backbone(spec).to(device)
     last_stage = backbone.stages[-1]

@@ -118,7 +118,8 @@ class ResNetBackbone(nn.Module):
             del self.channels[name]
         self.stages = self.stages[:keep]
 
-    def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
+    def torchvision_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """torchvision's ResNet state dict under this module's stage names."""
         mapped = OrderedDict()
         for key, value in state.items():
             if key.startswith("fc."):
@@ -127,7 +128,7 @@ class ResNetBackbone(nn.Module):
             if head in ("conv1", "bn1"):
                 key = f"layer0.{ {'conv1': 0, 'bn1': 1}[head] }.{rest}".replace(" ", "")
             mapped[key] = value
-        self.load_state_dict(mapped, strict=True)
+        return mapped
 
 
 class VGG16Backbone(nn.Module):
@@ -159,12 +160,14 @@ class VGG16Backbone(nn.Module):
     forward = ResNetBackbone.forward
     truncate = ResNetBackbone.truncate
 
-    def load_torchvision_state(self, state: dict[str, torch.Tensor]) -> None:
-        own = [p for p in self.state_dict()]
+    def torchvision_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """torchvision's vgg16 ``features.*`` weights under this module's names, in layer order."""
+        own = list(self.state_dict())
         theirs = [k for k in state if k.startswith("features.")]
-        if len(own) != len(theirs):
+        if len(own) > len(theirs) or (len(own) == len(self.state_dict()) and len(theirs) != 26):
             raise ConfigError("VGG-16 weights file does not match torchvision's vgg16 layout")
-        self.load_state_dict({o: state[t] for o, t in zip(own, theirs, strict=True)}, strict=True)
+        # a truncated model (max_stage) takes the first layers only
+        return {o: state[t] for o, t in zip(own, theirs, strict=False)}
 
 
 Backbone = ResNetBackbone | VGG16Backbone
@@ -178,6 +181,12 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
         model = ResNetBackbone(spec.name, spec.output_stride)
     else:
         raise ConfigError(f"backbone.name: unknown backbone {spec.name!r}")
+    if spec.max_stage is not None:
+        if spec.max_stage not in model.stages:
+            raise ConfigError(
+                f"backbone.max_stage: {spec.max_stage!r} is not a stage of {spec.name}: {model.stages}"
+            )
+        model.truncate(spec.max_stage)
     path = resolve_weights(spec)
     if path is not None:
         try:
@@ -185,9 +194,12 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
         except Exception as err:
             raise ConfigError(f"backbone.weights: cannot load {path}: {err}") from None
         if isinstance(state, dict) and "backbone" in state:
-            model.load_state_dict(state["backbone"], strict=True)  # written by `fsseg pretrain`
+            state = state["backbone"]  # written by `fsseg pretrain`
         else:
-            model.load_torchvision_state(state)
+            state = model.torchvision_state(state)
+        kept = set(model.stages)
+        # stages cut by max_stage are absent from the model: their weights are not needed
+        model.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in kept}, strict=True)
     return model
 
 

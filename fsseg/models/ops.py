@@ -48,7 +48,10 @@ def masked_average_pool(
 
 
 def cosine_map(features: torch.Tensor, prototypes: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Cosine similarity of every pixel of ``features`` [N, C, h, w] with ``prototypes`` [N, P, C] → [N, P, h, w]."""
+    """Cosine similarity of each pixel of ``features`` [N, C, h, w] with ``prototypes`` [N, P, C].
+
+    Returns [N, P, h, w].
+    """
     f = F.normalize(features, dim=1, eps=eps)
     p = F.normalize(prototypes, dim=-1, eps=eps)
     return torch.einsum("nchw,npc->nphw", f, p)

@@ -52,15 +52,14 @@ class PANet(FewShotMethod):
         ),
         "synthetic": TrainRecipe(
             optimizer="sgd",
-            lr=1e-2,
+            lr=1e-3,
             momentum=0.9,
             weight_decay=5e-4,
-            schedule="step",
-            lr_steps=(800, 1100),
-            lr_gamma=0.1,
-            iterations=1200,
+            schedule="constant",
+            iterations=100,
             batch_size=8,
-            description="reduced recipe for the 2-core CPU synthetic default (same optimizer, 1.2k steps)",
+            description="reduced recipe for the 2-core CPU synthetic default: the official optimizer and lr "
+            "(SGD 1e-3), 100 steps of 8 episodes from the fold's base-class backbone",
         ),
     }
     recipes["default"] = recipes["synthetic"]
