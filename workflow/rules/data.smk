@@ -25,7 +25,7 @@ rule pretrain:
         sets=pretrain_args,
     log:
         f"{LOGS}/{{dataset}}/pretrain/{{backbone}}_fold{{fold}}_seed{{pretrain_seed}}.log",
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,

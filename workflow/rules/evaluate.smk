@@ -29,7 +29,7 @@ rule evaluate:
         sets=eval_args,
     log:
         f"{LOGS}/{{dataset}}/evaluate/{{method}}-{{variant}}_{{backbone}}_fold{{fold}}_shot{{train_shot}}_seed{{train_seed}}_test{{shot}}_ep{{episode_seed}}_n{{n_episodes}}.log",
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,
@@ -48,7 +48,7 @@ rule bench:
         args=bench_args,
     log:
         f"{LOGS}/{{dataset}}/bench/{{method}}-{{variant}}.log",
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,
@@ -68,7 +68,7 @@ rule predict:
         episodes=QUALITATIVE.get("episodes", 6),
     log:
         f"{LOGS}/{{dataset}}/predict/{{method}}-{{variant}}.log",
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,

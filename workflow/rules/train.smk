@@ -14,7 +14,7 @@ rule train:
         sets=train_args,
     log:
         f"{LOGS}/{{dataset}}/train/{{method}}-{{variant}}_{{backbone}}_fold{{fold}}_shot{{train_shot}}_seed{{train_seed}}.log",
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=16000,
