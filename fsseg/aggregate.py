@@ -32,8 +32,8 @@ import pandas as pd
 
 from fsseg.atomic import write_bytes, write_json, write_text
 from fsseg.config import read_yaml
-from fsseg.engine.evaluate import RECORD_COLUMNS
 from fsseg.errors import DataError, FssegError
+from fsseg.records import RECORD_COLUMNS
 
 EVALUATIONS_FILE = "evaluations.csv"
 RECORDS_FILE = "records.csv.gz"

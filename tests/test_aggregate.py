@@ -27,9 +27,10 @@ from fsseg.aggregate import (
 )
 from fsseg.atomic import write_json, write_yaml
 from fsseg.cli import main
-from fsseg.engine.evaluate import RECORD_COLUMNS, evaluate, read_records, write_records
+from fsseg.engine.evaluate import evaluate
 from fsseg.errors import DataError, FssegError
 from fsseg.metrics import summarize
+from fsseg.records import RECORD_COLUMNS, read_records, write_records
 
 OUTPUTS = (EVALUATIONS_FILE, RECORDS_FILE, PROTOCOL_FILE)
 

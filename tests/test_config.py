@@ -52,3 +52,8 @@ def test_files_compose_and_bad_yaml(tmp_path):
         load_config([bad])
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config([tmp_path / "missing.yaml"])
+
+
+def test_unknown_dataset_lists_known():
+    with pytest.raises(RegistryError, match=r"unknown dataset 'isaid'; known datasets: .*isaid5i.*synthetic"):
+        load_config(overrides=["dataset.name=isaid"])

@@ -259,8 +259,9 @@ def test_prepare_then_episodes_and_one_evaluation(release, tmp_path, variant):
     """prepare → test manifest (pairs of the variant's test split) → one evaluation through the harness."""
     from fsseg.config import load_config
     from fsseg.data.episodes import build_test_manifest
-    from fsseg.engine.evaluate import evaluate, read_records
+    from fsseg.engine.evaluate import evaluate
     from fsseg.engine.train import train
+    from fsseg.records import read_records
 
     root, _ = release
     out = prepare_quietly(root, variant=variant)

@@ -4,10 +4,11 @@ import shutil
 import pytest
 import torch
 
-from fsseg.engine.evaluate import evaluate, read_records
+from fsseg.engine.evaluate import evaluate
 from fsseg.engine.train import CHECKPOINT, MODEL, SUMMARY, train
 from fsseg.errors import ConfigError, DataError, TrainingDiverged
 from fsseg.metrics import summarize
+from fsseg.records import read_records
 
 
 class Killed(Exception):

@@ -258,8 +258,9 @@ def test_cli_arguments(release, tmp_path, capsys):
 def test_prepare_then_train_episodes_and_evaluate(release, tmp_path):
     """prepare → training episodes → test manifest → one evaluation, through the harness."""
     from fsseg.config import load_config
-    from fsseg.engine.evaluate import evaluate, read_records
+    from fsseg.engine.evaluate import evaluate
     from fsseg.engine.train import train
+    from fsseg.records import read_records
 
     root, names = release
     out = prepare_quietly(root)

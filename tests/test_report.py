@@ -489,8 +489,8 @@ def test_report_from_real_evaluations_through_the_cli(real_grid, tmp_path, capsy
 
 
 def test_predict_saves_episodes_that_match_the_evaluation(real_grid, tmp_path):
-    from fsseg.engine.evaluate import read_records
     from fsseg.qualitative import IDENTITY_KEYS, crop, load_predictions
+    from fsseg.records import read_records
 
     _, make, folders = real_grid
     cfg = make("method.name=panet", "fold=1", "train.train_seed=1")

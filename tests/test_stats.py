@@ -18,8 +18,8 @@ from scipy import stats as sps
 from fsseg import stats
 from fsseg.cli import main
 from fsseg.compare import find_record_files, load_run
-from fsseg.engine.evaluate import RECORD_COLUMNS, write_records
 from fsseg.metrics import summarize
+from fsseg.records import RECORD_COLUMNS, write_records
 
 # ----------------------------------------------------------------------------------------------------------
 # Fake runs

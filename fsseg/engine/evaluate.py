@@ -6,8 +6,6 @@ Outputs (``ExperimentConfig.eval_dir``): ``records.csv`` (one row per episode), 
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 import time
 from pathlib import Path
@@ -17,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from fsseg.atomic import write_json, write_text, write_yaml
+from fsseg.atomic import write_json, write_yaml
 from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import EpisodeManifest, build_test_manifest
@@ -29,26 +27,7 @@ from fsseg.engine.train import MODEL, to_device
 from fsseg.errors import FssegError
 from fsseg.method import FewShotMethod
 from fsseg.metrics import COUNT_COLUMNS, episode_counts, summarize
-
-RECORD_COLUMNS = (
-    "run_id",
-    "method",
-    "variant",
-    "backbone",
-    "dataset",
-    "fold",
-    "train_shot",
-    "shot",
-    "train_seed",
-    "episode_seed",
-    "manifest_hash",
-    "episode_id",
-    "class_id",
-    "class_name",
-    "query_id",
-    "support_ids",
-    *COUNT_COLUMNS,
-)
+from fsseg.records import write_records
 
 
 def ensure_manifest(
@@ -217,16 +196,3 @@ def evaluate(cfg: ExperimentConfig, manifest_file: Path | None = None, untrained
         file=sys.stderr,
     )
     return out_dir
-
-
-def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RECORD_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    write_text(path, buffer.getvalue())
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))

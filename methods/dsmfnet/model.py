@@ -21,7 +21,7 @@ Pipeline (query and supports share every module):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +43,7 @@ from fsseg.models.ops import (
 from fsseg.models.prior import high_level_features, training_free_prior
 from fsseg.registry import METHODS
 from fsseg.schema import opt
+from methods.pfenet.model import RECIPES as PFENET_RECIPES
 
 PROTOTYPE_EPS = 5e-4
 """Added to the mask area of every masked average (PFENet's weighted GAP, on which DSMF-Net builds)."""
@@ -118,15 +119,8 @@ RECIPES = {
     # The paper gives no recipe we can reproduce; DSMF-Net builds on PFENet's prior, so its paper-scale
     # recipe is PFENet's (effective lr 0.025, see methods/pfenet/README.md), which also keeps the
     # comparison with the PFENet baseline fair.
-    "official": TrainRecipe(
-        optimizer="sgd",
-        lr=0.025,
-        momentum=0.9,
-        weight_decay=1e-4,
-        schedule="poly",
-        poly_power=0.9,
-        iterations=200 * 1400,
-        batch_size=4,
+    "official": replace(
+        PFENET_RECIPES["official"],
         description="our paper-scale choice (the paper gives none): PFENet's official recipe, SGD momentum "
         "0.9, lr 0.025, wd 1e-4, poly 0.9, batch 4, 200 epochs (~1,400 iterations each)",
     ),
