@@ -28,4 +28,5 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         all_report_targets(),
+        all_evaluation_targets(),
     default_target: True

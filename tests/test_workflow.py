@@ -22,7 +22,9 @@ def _dry_run(*args: str) -> str:
 
 
 def _job_counts(output: str) -> dict[str, int]:
-    counts = {}
+    counts: dict[str, int] = {}
+    if "Job stats:" not in output:
+        return counts  # "Nothing to be done"
     lines = output.split("Job stats:")[1].splitlines()[3:]
     for line in lines:
         parts = line.split()
@@ -77,4 +79,4 @@ def test_tiny_workflow_runs_end_to_end_and_reruns_nothing(tmp_path):
     summaries[0].unlink()
     plan = subprocess.run([*run, "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     counts = _job_counts(plan.stdout)
-    assert counts.get("evaluate") == 1 and "train" not in counts, counts
+    assert counts.get("evaluate") == 1 and counts.get("aggregate") == 1 and "train" not in counts, counts
