@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fsseg.errors import ConfigError
 from fsseg.models.ops import minmax_normalise, resize
 
 PRIOR_EPS = 1e-7
@@ -85,3 +86,21 @@ def training_free_prior(
                 best = best.clamp_min(0.0)
             prior[n] += minmax_normalise(best.view(1, h, w), eps=eps).view(1, -1)
     return prior.view(b, 1, h, w) / k
+
+
+def prior_stages(backbone: nn.Module, used: tuple[str, ...], high_stage: str, where: str) -> tuple[str, str]:
+    """Resolve the prior's high-level stage and the stage before it, and drop the stages after the
+    deepest one used.
+
+    ``high_stage`` "auto" is the deepest stage the backbone keeps (layer4 unless ``backbone.max_stage``
+    cuts it). ``used`` are the method's other stages; ``where`` names the config section in errors.
+    """
+    stages = list(backbone.stages)
+    high = stages[-1] if high_stage == "auto" else high_stage
+    for name in (*used, high):
+        if name not in stages:
+            raise ConfigError(f"{where}: stage {name!r} is not one of the backbone's {stages}")
+    if stages.index(high) == 0:
+        raise ConfigError(f"{where}.high_stage: the prior needs a stage after the first one")
+    backbone.truncate(max((*used, high), key=stages.index))
+    return high, stages[stages.index(high) - 1]

@@ -40,7 +40,7 @@ from fsseg.models.ops import (
     minmax_normalise,
     resize,
 )
-from fsseg.models.prior import high_level_features, training_free_prior
+from fsseg.models.prior import high_level_features, prior_stages, training_free_prior
 from fsseg.registry import METHODS
 from fsseg.schema import opt
 from methods.pfenet.model import RECIPES as PFENET_RECIPES
@@ -161,18 +161,9 @@ class DSMFNet(FewShotMethod):
     def __init__(self, params: DSMFNetParams, backbone: BackboneSpec) -> None:
         super().__init__(params, backbone)
         self.backbone = build_backbone(backbone)
-        names = self.backbone.stages
-        # "auto": the deepest stage the harness's backbone keeps (layer4 unless backbone.max_stage cuts it)
-        self.high_stage = names[-1] if params.high_stage == "auto" else params.high_stage
-        for name in (*params.stages, self.high_stage):
-            if name not in names:
-                raise ConfigError(
-                    f"config.method.params: stage {name!r} is not one of {backbone.name}'s {names}"
-                )
-        if names.index(self.high_stage) == 0:
-            raise ConfigError("config.method.params.high_stage: the prior needs a stage after the first one")
-        self.before_high = names[names.index(self.high_stage) - 1]
-        self.backbone.truncate(max((*params.stages, self.high_stage), key=names.index))
+        self.high_stage, self.before_high = prior_stages(
+            self.backbone, tuple(params.stages), params.high_stage, "config.method.params"
+        )
         if self.wants_frozen_backbone():
             for p in self.backbone.parameters():
                 p.requires_grad = False

@@ -17,7 +17,7 @@ from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec, Batch, FewShotMethod, TrainRecipe
 from fsseg.models.backbones import build_backbone
 from fsseg.models.ops import deep_supervision_loss, foreground, masked_average_pool, resize
-from fsseg.models.prior import high_level_features, resize_mask, training_free_prior
+from fsseg.models.prior import high_level_features, prior_stages, resize_mask, training_free_prior
 from fsseg.registry import METHODS
 from fsseg.schema import opt
 
@@ -132,18 +132,9 @@ class PFENet(FewShotMethod):
     def __init__(self, params: PFENetParams, backbone: BackboneSpec) -> None:
         super().__init__(params, backbone)
         self.backbone = build_backbone(backbone)
-        stages = self.backbone.stages
-        # "auto": the deepest stage the harness's backbone keeps (layer4 unless backbone.max_stage cuts it)
-        self.high_stage = stages[-1] if params.high_stage == "auto" else params.high_stage
-        for name in (*params.mid_stages, self.high_stage):
-            if name not in stages:
-                raise ConfigError(
-                    f"config.method.params: stage {name!r} is not one of {backbone.name}'s {stages}"
-                )
-        if stages.index(self.high_stage) == 0:
-            raise ConfigError("config.method.params.high_stage: the prior needs a stage after the first one")
-        self.before_high = stages[stages.index(self.high_stage) - 1]
-        self.backbone.truncate(max((*params.mid_stages, self.high_stage), key=stages.index))
+        self.high_stage, self.before_high = prior_stages(
+            self.backbone, tuple(params.mid_stages), params.high_stage, "config.method.params"
+        )
         if self.wants_frozen_backbone():
             for p in self.backbone.parameters():
                 p.requires_grad = False
