@@ -14,7 +14,6 @@ checkpoints, output paths) belongs to the harness.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -142,7 +141,3 @@ class FewShotMethod(nn.Module):
         if mode == "finetune":
             return False
         return not self.trains_backbone
-
-
-def params_dict(params: Any) -> dict[str, Any]:
-    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)

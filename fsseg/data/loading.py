@@ -41,7 +41,9 @@ def mask_tensor(mask: np.ndarray, size: int | None) -> torch.Tensor:
     return t
 
 
-def _augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment_pair(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Random horizontal flip and 90-degree rotation (aerial images have no canonical orientation)."""
     if rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
@@ -65,7 +67,7 @@ class EpisodeTensors:
             image = self.adapter.load_image(self.split, image_id)
             mask = binary_mask(self.adapter.load_mask(self.split, image_id), episode.class_id)
             if rng is not None:
-                image, mask = _augment(image, mask, rng)
+                image, mask = augment_pair(image, mask, rng)
             return image, mask
 
         q_img, q_mask = load(episode.query_id)

@@ -20,7 +20,7 @@ from torch import nn
 from fsseg import IGNORE_INDEX
 from fsseg.atomic import save_torch, write_json
 from fsseg.config import ExperimentConfig
-from fsseg.data.loading import _augment, image_tensor, mask_tensor
+from fsseg.data.loading import augment_pair, image_tensor, mask_tensor
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import build_dataset
 from fsseg.engine.progress import Progress, format_duration
@@ -90,7 +90,7 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         for index in picks:
             image = adapter.load_image(split, image_ids[index])
             label = table[adapter.load_mask(split, image_ids[index])]
-            image, label = _augment(image, label, rng)
+            image, label = augment_pair(image, label, rng)
             images.append(image_tensor(image, size))
             labels.append(mask_tensor(label, size))
         x, y = torch.stack(images).to(device), torch.stack(labels).to(device)
