@@ -34,6 +34,18 @@ def _job_counts(output: str) -> dict[str, int]:
     return counts
 
 
+def _planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job in a dry-run's output."""
+    jobs: list[tuple[str, dict[str, str]]] = []
+    for line in output.splitlines():
+        if line.startswith(("rule ", "localrule ")) and line.rstrip().endswith(":"):
+            jobs.append((line.split()[1].rstrip(":"), {}))
+        elif line.strip().startswith("wildcards:") and jobs:
+            pairs = line.split(":", 1)[1].split(",")
+            jobs[-1][1].update(dict(pair.strip().split("=", 1) for pair in pairs if "=" in pair))
+    return jobs
+
+
 @pytest.mark.slow
 def test_paper_config_plans_the_full_grid_without_data():
     counts = _job_counts(_dry_run("--configfile", "config/paper.yaml"))
@@ -72,6 +84,18 @@ def test_tiny_workflow_runs_end_to_end_and_reruns_nothing(tmp_path):
 
     again = subprocess.run([*run, "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # changing one method's config reruns that method's jobs (and the aggregate/report) only
+    changed = [*run, "-n", "--config", 'method_overrides={panet: ["train.iterations=3"]}']
+    plan = subprocess.run(changed, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    jobs = _planned_jobs(plan.stdout)
+    per_run = [(rule, w) for rule, w in jobs if rule in ("train", "evaluate", "bench", "predict")]
+    assert {rule for rule, _ in per_run} >= {"train", "evaluate"}, jobs
+    assert all(w.get("method") == "panet" for _, w in per_run), per_run
+    assert sum(rule == "train" for rule, _ in per_run) == 4  # 2 folds × 2 seeds
+    others = {rule for rule, _ in jobs} - {"train", "evaluate", "bench", "predict"}
+    assert others <= {"aggregate", "report", "all"}, others
 
     # deleting one evaluation output reruns only that evaluation and what reads it
     pattern = "synthetic/panet-default/*/fold0/shot1/seed0/eval/*/summary.json"

@@ -1,4 +1,7 @@
-"""torchvision backbones dilated to output stride 8 (or 16/32), returning named intermediate stages.
+"""ResNet and VGG-16 backbones dilated to output stride 8 (or 16/32), returning named stages.
+
+The networks are written here with torchvision's layouts and checkpoint keys, so torchvision's ImageNet
+files load unchanged, but without importing torchvision (whose import costs each job over a second).
 
 ResNets expose ``layer0`` (stem with max-pool, stride 4), ``layer1`` … ``layer4``; VGG-16 exposes
 ``conv1`` … ``conv5``. Pretrained weights load only from local files (see :func:`resolve_weights`).
@@ -11,7 +14,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from fsseg.atomic import sha256_file
@@ -62,33 +64,105 @@ def resolve_weights(spec: BackboneSpec) -> Path | None:
     return path
 
 
-def _dilate_resnet(model: torchvision.models.ResNet, output_stride: int) -> None:
-    """Turn strides of layer3/layer4 into dilation (torchvision's scheme, also for BasicBlock)."""
-    dilate = {8: (True, True), 16: (False, True), 32: (False, False)}[output_stride]
-    dilation = 1
-    for layer, do_dilate in zip((model.layer3, model.layer4), dilate, strict=True):
-        if not do_dilate:
-            continue
-        previous = dilation
-        dilation *= 2
-        for block_index, block in enumerate(layer):
-            block_dilation = previous if block_index == 0 else dilation
-            convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
-            for conv in convs:
-                conv.stride = (1, 1)
-                conv.dilation = (block_dilation, block_dilation)
-                conv.padding = (block_dilation, block_dilation)
-            if block.downsample is not None:
-                block.downsample[0].stride = (1, 1)
+class _Basic(nn.Module):
+    """Two 3×3 convolutions (ResNet-18/34 block)."""
+
+    expansion = 1
+
+    def __init__(self, c_in: int, width: int, stride: int, dilation: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, width, 3, stride, dilation, dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, 1, dilation, dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(c_in, width * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class _Bottleneck(nn.Module):
+    """1×1 → 3×3 (strided, dilated) → 1×1 ×4 (ResNet-50/101 block, stride on the 3×3 as torchvision)."""
+
+    expansion = 4
+
+    def __init__(self, c_in: int, width: int, stride: int, dilation: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, dilation, dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(c_in, width * self.expansion, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Sequential | None:
+    if stride == 1 and c_in == c_out:
+        return None
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
+# (block, blocks per stage) of each ResNet depth
+_RESNETS: dict[str, tuple[type[_Basic] | type[_Bottleneck], tuple[int, int, int, int]]] = {
+    "resnet18": (_Basic, (2, 2, 2, 2)),
+    "resnet50": (_Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (_Bottleneck, (3, 4, 23, 3)),
+}
+
+
+def _resnet_stage(
+    block: type[_Basic] | type[_Bottleneck], c_in: int, width: int, blocks: int, stride: int, dilation: int,
+    previous_dilation: int,
+) -> nn.Sequential:
+    """One ResNet stage; a dilated stage keeps stride 1 and its first block uses the previous dilation
+    (the scheme of torchvision's ``replace_stride_with_dilation``, applied to BasicBlocks too)."""
+    layers = [block(c_in, width, stride, previous_dilation)]
+    layers += [block(width * block.expansion, width, 1, dilation) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def _init_resnet(model: nn.Module) -> None:
+    """He (fan-out) initialisation of convolutions, unit BatchNorm: torchvision's ResNet initialisation."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 class ResNetBackbone(nn.Module):
     def __init__(self, name: str, output_stride: int) -> None:
         super().__init__()
-        net = getattr(torchvision.models, name)(weights=None)
-        _dilate_resnet(net, output_stride)
-        self.layer0 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        block, depths = _RESNETS[name]
+        # strides of layer3/layer4 become dilations below output stride 32
+        dilate = {8: (False, True, True), 16: (False, False, True), 32: (False, False, False)}[output_stride]
+        self.layer0 = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        )
+        c_in, dilation = 64, 1
+        for index, (width, blocks) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
+            stride, previous = (1 if index == 0 else 2), dilation
+            if index > 0 and dilate[index - 1]:
+                stride, dilation = 1, dilation * 2
+            stage = _resnet_stage(block, c_in, width, blocks, stride, dilation, previous)
+            setattr(self, f"layer{index + 1}", stage)
+            c_in = width * block.expansion
+        _init_resnet(self)
         expansion = 4 if name in ("resnet50", "resnet101") else 1
         self.channels = {
             "layer0": 64,
@@ -131,6 +205,21 @@ class ResNetBackbone(nn.Module):
         return mapped
 
 
+def _vgg16_features() -> list[nn.Module]:
+    """VGG-16 (configuration D) convolutional layers, in torchvision's ``features`` order."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for width, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        for _ in range(convs):
+            conv = nn.Conv2d(c_in, width, 3, padding=1)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.ReLU(inplace=True)]
+            c_in = width
+        layers.append(nn.MaxPool2d(2, 2))
+    return layers
+
+
 class VGG16Backbone(nn.Module):
     """VGG-16 features, PANet-style: pool4 and pool5 keep stride 1 and conv5 is dilated by 2 (OS 8)."""
 
@@ -138,8 +227,7 @@ class VGG16Backbone(nn.Module):
         super().__init__()
         if output_stride != 8:
             raise ConfigError("backbone.output_stride: VGG-16 supports only 8")
-        features = torchvision.models.vgg16(weights=None).features
-        layers = list(features.children())
+        layers = _vgg16_features()
         # indices of the max-pool layers in torchvision's vgg16.features
         pools = [4, 9, 16, 23, 30]
         layers[23] = nn.MaxPool2d(3, stride=1, padding=1)

@@ -21,7 +21,7 @@ from fsseg.aggregate import CLASS_PREFIX, Aggregate, load_aggregate
 from fsseg.atomic import write_text
 from fsseg.errors import DataError, FssegError
 from fsseg.report import captions, plots, tables
-from fsseg.report.results import all_families, select_runs
+from fsseg.report.results import MIN_UNITS_TO_MARK, all_families, select_runs
 from fsseg.report.spec import ReportSpec, load_spec
 
 TABLE_NAMES = ("main_miou", "main_fbiou", "ablation", "significance", "efficiency")
@@ -107,7 +107,8 @@ def _figure_captions(spec: ReportSpec, protocol: dict[str, Any], n_boot: int) ->
         "the total number of parameters",
         "paired_differences": "paired differences Δ = A − B of class-wise mIoU in points: grey dots are the "
         "units (fold × train seed), the red diamond their mean with its 95% t confidence interval; one "
-        f"panel per Holm family; † marks Holm-adjusted t-test p < {spec.alpha:g}",
+        f"panel per Holm family; † marks Holm-adjusted t-test p < {spec.alpha:g} over at least "
+        f"{MIN_UNITS_TO_MARK} units",
         "qualitative": "test episodes (rows): the first support image with its mask (orange), the query, its "
         "ground truth and each method's prediction (orange, with the episode's foreground IoU); grey: "
         "ignored pixels. Episodes are the first ones of the saved test manifest, not chosen by score",

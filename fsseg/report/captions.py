@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from fsseg.report.results import MIN_UNITS_TO_MARK
 from fsseg.report.spec import ReportSpec
 
 METRIC_TEXT = {
@@ -151,7 +152,8 @@ def ablation_caption(
             f"{spec.title}: ablations of {spec.flagship.display}. Score: {METRIC_TEXT['miou']}, in %, "
             "mean over folds, mean ± sd over train seeds. Δ = variant − full model, in points (negative: "
             "the variant scores lower). p: paired t-test over fold × train-seed units, Holm-adjusted over "
-            f"all {n_comparisons} ablation comparisons (one family); † marks Holm p < {spec.alpha:g}. "
+            f"all {n_comparisons} ablation comparisons (one family); † marks Holm p < {spec.alpha:g} over at "
+            f"least {MIN_UNITS_TO_MARK} units. "
             "Change: the variant's parameters that differ from the full model",
             missing_note(missing),
         ],
@@ -183,7 +185,9 @@ def significance_caption(
             "episode seeds). 95% CI: t distribution over units; p: paired t-test (scipy ttest_rel); "
             f"d_z = mean Δ / sd of Δ; {boot}. Holm adjustment within each family "
             f"({'; '.join(families)}); "
-            f"† marks Holm-adjusted t-test p < {spec.alpha:g}. The CSV adds the Wilcoxon signed-rank test "
+            f"† marks Holm-adjusted t-test p < {spec.alpha:g} over at least {MIN_UNITS_TO_MARK} units "
+            "(with 2 units the t-test has one degree of freedom, so its p and d_z are shown but not "
+            "marked). The CSV adds the Wilcoxon signed-rank test "
             "(run only with at least 6 units) and Holm-adjusted bootstrap and Wilcoxon p",
             missing_note(missing),
         ],

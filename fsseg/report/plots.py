@@ -338,7 +338,7 @@ def tradeoff_figure(
 
 def paired_differences_figure(families: Sequence[FamilyResult], alpha: float) -> Figure:
     """Per comparison: every unit's Δ = A − B (points, in class mIoU points) and the mean with its 95% t
-    CI; one panel per Holm family; † marks Holm-adjusted p < alpha."""
+    CI; one panel per Holm family; † marks significance (see :func:`significant`)."""
     families = [f for f in families if f.comparisons] or list(families[:1])
     with mpl.rc_context(_style()):
         heights = [max(1, len(f.comparisons)) * 0.5 + 0.8 for f in families] or [1.5]

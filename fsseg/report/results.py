@@ -295,9 +295,15 @@ def all_families(runs: dict[tuple[str, int], Run], spec: ReportSpec) -> list[Fam
     return families
 
 
+# With two units the paired t-test has one degree of freedom: two nearly equal differences give a tiny
+# p and a huge d_z by chance, so a comparison is marked significant only from this many units on.
+MIN_UNITS_TO_MARK = 3
+
+
 def significant(comparison: PairedComparison, alpha: float) -> bool:
+    """Holm-adjusted t-test p below ``alpha``, over at least :data:`MIN_UNITS_TO_MARK` units."""
     p = comparison.holm.get("ttest", math.nan)
-    return not math.isnan(p) and p < alpha
+    return comparison.ttest.n >= MIN_UNITS_TO_MARK and not math.isnan(p) and p < alpha
 
 
 def describe_variant(params: dict[str, Any], default: dict[str, Any]) -> str:
