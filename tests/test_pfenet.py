@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fsseg.method import BackboneSpec
+from fsseg.models.prior import high_level_features
 from fsseg.registry import METHODS
 from methods.pfenet import PFENet
 
@@ -148,3 +149,23 @@ def test_a_few_steps_lower_the_loss() -> None:
         model.loss(model(episode), episode)["loss"].backward()
         optimizer.step()
     assert eval_loss() < 0.8 * before
+
+
+def test_backbone_cut_at_the_high_stage_reuses_the_query_features_with_the_same_prior(monkeypatch) -> None:
+    """Cut at layer3 (the CPU default), the prior's stage is one the method reads anyway: the query's
+    output is reused, and the prior equals the one computed by running the stage on the query again."""
+    torch.manual_seed(0)
+    spec = BackboneSpec(name="resnet18", max_stage="layer3")
+    model = PFENet(PFENet.resolve_params("default", {}), spec).eval()
+    assert model.high_stage == "layer3"
+    episode = make_episode(shots=2)
+    with torch.no_grad():
+        reused = model(episode)
+        def recompute(stage, query_prev, support_prev, support_fg, query_high=None):
+            assert query_high is not None
+            return high_level_features(stage, query_prev, support_prev, support_fg)
+
+        monkeypatch.setattr("methods.pfenet.model.high_level_features", recompute)
+        recomputed = model(episode)
+    torch.testing.assert_close(reused["prior"], recomputed["prior"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(reused["logits"], recomputed["logits"], rtol=1e-4, atol=1e-4)

@@ -74,6 +74,20 @@ def test_high_level_features_masks_support_input() -> None:
     torch.testing.assert_close(s_plain, support_prev)
 
 
+def test_high_level_features_reuses_a_known_query_output() -> None:
+    torch.manual_seed(0)
+    stage = nn.Conv2d(3, 5, 3, padding=1).eval()
+    query_prev, support_prev = torch.randn(2, 3, 4, 4), torch.randn(4, 3, 4, 4)
+    support_fg = (torch.rand(4, 16, 16) > 0.5).float()
+    with torch.no_grad():
+        q_full, s_full = high_level_features(stage, query_prev, support_prev, support_fg)
+        known = stage(query_prev)
+        q, s = high_level_features(stage, query_prev, support_prev, support_fg, query_high=known)
+    assert q is known  # not computed again
+    torch.testing.assert_close(q, q_full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s, s_full, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("align_corners", [True, False])
 def test_masked_average_pool_equals_pooling_upsampled_features(align_corners: bool) -> None:
     torch.manual_seed(0)

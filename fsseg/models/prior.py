@@ -38,15 +38,21 @@ def high_level_features(
     query_prev: torch.Tensor,
     support_prev: torch.Tensor,
     support_fg: torch.Tensor | None,
+    query_high: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the high-level ``stage`` (e.g. layer4) on query and support features in one batch.
 
     ``query_prev`` [B, C, h, w] and ``support_prev`` [B*K, C, h, w] are the previous stage's outputs.
     When ``support_fg`` [B*K, H, W] (float foreground) is given, the support input is multiplied by
-    the mask resized to its size first, as the official PFENet does. Returns (query, support) outputs.
+    the mask resized to its size first, as the official PFENet does. ``query_high``, the query's
+    output of ``stage`` when the caller already has it (the high stage is also one of the stages the
+    method reads, as when the backbone is cut there), is returned as it is instead of being computed
+    a second time. Returns (query, support) outputs.
     """
     if support_fg is not None:
         support_prev = support_prev * resize_mask(support_fg, support_prev.shape[-2:])
+    if query_high is not None:
+        return query_high, stage(support_prev)
     out = stage(torch.cat([query_prev, support_prev], dim=0))
     return out[: query_prev.shape[0]], out[query_prev.shape[0] :]
 

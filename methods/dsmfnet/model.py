@@ -248,11 +248,14 @@ class DSMFNet(FewShotMethod):
         if p.prior == "on":
             with torch.no_grad():  # training-free, as in PFENet
                 prev = feats[self.before_high]
+                # the query's high-stage output is already there when the method also reads that stage
+                known_query_high = feats[self.high_stage][:b] if self.high_stage in feats else None
                 q_high, s_high = high_level_features(
                     getattr(self.backbone, self.high_stage),
                     prev[:b],
                     prev[b:],
                     support_fg if p.mask_before_high else None,
+                    query_high=known_query_high,
                 )
                 prior = training_free_prior(
                     q_high, s_high.view(b, k, *s_high.shape[1:]), support_fg.view(b, k, *support_fg.shape[1:])

@@ -202,11 +202,14 @@ class PFENet(FewShotMethod):
             # Training-free: the official code computes it without gradients even for layer4.
             with torch.no_grad():
                 prev = feats[self.before_high]
+                # the query's high-stage output is already there when the method also reads that stage
+                known_query_high = feats[self.high_stage][:b] if self.high_stage in feats else None
                 query_high, supp_high = high_level_features(
                     getattr(self.backbone, self.high_stage),
                     prev[:b],
                     prev[b:],
                     support_fg if p.mask_before_high else None,
+                    query_high=known_query_high,
                 )
                 supp_high = supp_high.view(b, k, *supp_high.shape[1:])
                 prior = training_free_prior(

@@ -15,6 +15,7 @@ rule prepare:
         "fsseg prepare {params.args} > {log} 2>&1"
 
 
+# Scheduled before anything else that is ready: every training of its fold waits for it.
 rule pretrain:
     input:
         prepared=prepared_input,
@@ -23,6 +24,7 @@ rule pretrain:
         BACKBONE,
     params:
         sets=pretrain_args,
+    priority: 20
     log:
         f"{LOGS}/{{dataset}}/pretrain/{{backbone}}_fold{{fold}}_seed{{pretrain_seed}}.log",
     threads: 1

@@ -3,6 +3,8 @@
 # is train_summary.json). A changed training config retrains that run from scratch.
 
 
+# Trainings go before evaluations that are ready too, so the run ends on short jobs (on 2 cores
+# a training started last left one core idle for its whole length).
 rule train:
     input:
         prepared=prepared_input,
@@ -12,6 +14,7 @@ rule train:
         RUN_DIR + "/train_summary.json",
     params:
         sets=train_args,
+    priority: 10
     log:
         f"{LOGS}/{{dataset}}/train/{{method}}-{{variant}}_{{backbone}}_fold{{fold}}_shot{{train_shot}}_seed{{train_seed}}.log",
     threads: 1
