@@ -369,7 +369,7 @@ def paired_differences_figure(families: Sequence[FamilyResult], alpha: float) ->
             ax.axvline(0, color="0.2", linewidth=0.8, linestyle="--")
             ax.set_yticks([y for y, _ in ylabels], [t for _, t in ylabels])
             ax.set_ylim(-0.7, len(family.comparisons) - 0.3)
-            ax.set_xlabel("Δ class mIoU (points): unit differences and mean with 95% CI")
+            ax.set_xlabel("Δ class mIoU (points); dots: units, diamond: mean ± 95% CI")
     return fig
 
 
