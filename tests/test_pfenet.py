@@ -9,30 +9,7 @@ from fsseg.method import BackboneSpec
 from fsseg.models.prior import high_level_features
 from fsseg.registry import METHODS
 from methods.pfenet import PFENet
-
-
-def make_episode(batch: int = 2, shots: int = 1, size: tuple[int, int] = (64, 64), seed: int = 0) -> dict:
-    """A random episode; masks have a foreground rectangle, background and ignored pixels."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = size
-
-    def mask(*shape: int) -> torch.Tensor:
-        # one random rectangle of foreground per image, two rows of ignored pixels
-        m = torch.zeros(*shape, h, w, dtype=torch.long).view(-1, h, w)
-        for i in range(m.shape[0]):
-            y0, x0 = (int(v) for v in torch.randint(0, h // 2, (2,), generator=g))
-            dy, dx = (int(v) for v in torch.randint(h // 4, h // 2, (2,), generator=g))
-            m[i, y0 : y0 + dy, x0 : x0 + dx] = 1
-        m[:, :2, :] = 255
-        return m.view(*shape, h, w)
-
-    return {
-        "query_img": torch.randn(batch, 3, h, w, generator=g),
-        "query_mask": mask(batch),
-        "support_imgs": torch.randn(batch, shots, 3, h, w, generator=g),
-        "support_masks": mask(batch, shots),
-        "class_id": torch.zeros(batch, dtype=torch.long),
-    }
+from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 
 def build(variant: str = "default", backbone: str = "resnet18", **overrides) -> PFENet:
@@ -128,27 +105,7 @@ def test_prior_off_variant_runs() -> None:
 
 
 def test_a_few_steps_lower_the_loss() -> None:
-    model = build()
-    episode = make_episode(batch=2, shots=1, seed=3)
-    # Learnable in a few steps: foreground pixels are brighter in query and support alike.
-    episode["query_img"] = 0.3 * episode["query_img"] + 2.0 * (episode["query_mask"] == 1)[:, None]
-    episode["support_imgs"] = (
-        0.3 * episode["support_imgs"] + 2.0 * (episode["support_masks"] == 1)[:, :, None]
-    )
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-
-    def eval_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            return model.loss(model(episode), episode)["loss"].item()
-
-    before = eval_loss()
-    model.train()
-    for _ in range(8):
-        optimizer.zero_grad()
-        model.loss(model(episode), episode)["loss"].backward()
-        optimizer.step()
-    assert eval_loss() < 0.8 * before
+    assert_a_few_steps_lower_the_loss(build())
 
 
 def test_backbone_cut_at_the_high_stage_reuses_the_query_features_with_the_same_prior(monkeypatch) -> None:
