@@ -256,8 +256,14 @@ def test_jobs_ran_through_slurm(slurm_runs: SlurmRuns, cluster: Cluster):
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", slurm_runs.first + slurm_runs.second)
     for rule, ids in jobs.items():
         for job in ids:
-            allocated = re.search(rf"sched: Allocate JobId={job} NodeList=", ctld)
-            assert allocated, f"{rule} job {job} is not in slurmctld.log"
+            # started by the main scheduler ("sched: Allocate") or by the backfill scheduler, which
+            # takes jobs queued while the node was full ("sched/backfill: _start_job: Started")
+            started = (
+                rf"sched: Allocate JobId={job} NodeList="
+                rf"|sched/backfill: _start_job: Started JobId={job} "
+            )
+            allocated = re.search(started, ctld)
+            assert allocated, f"{rule} job {job} was never started according to slurmctld.log"
             if job != slurm_runs.victim_job:
                 succeeded = f"_job_complete: JobId={job} WEXITSTATUS 0" in ctld
                 assert succeeded, f"{rule} job {job} did not succeed according to slurmctld.log"
