@@ -33,7 +33,7 @@ import pandas as pd
 from fsseg.atomic import write_bytes, write_json, write_text
 from fsseg.config import read_yaml
 from fsseg.errors import DataError, FssegError
-from fsseg.records import RECORD_COLUMNS
+from fsseg.records import EVALUATION_KEYS, RECORD_COLUMNS
 
 EVALUATIONS_FILE = "evaluations.csv"
 RECORDS_FILE = "records.csv.gz"
@@ -41,16 +41,7 @@ PROTOCOL_FILE = "protocol.json"
 CLASS_PREFIX = "iou__"
 
 EVALUATION_COLUMNS = (
-    "run_id",
-    "method",
-    "variant",
-    "backbone",
-    "dataset",
-    "fold",
-    "train_shot",
-    "shot",
-    "train_seed",
-    "episode_seed",
+    *EVALUATION_KEYS,
     "n_episodes",
     "manifest_hash",
     "miou",

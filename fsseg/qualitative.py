@@ -45,21 +45,10 @@ import numpy as np
 from fsseg import IGNORE_INDEX
 from fsseg.atomic import write_bytes
 from fsseg.errors import DataError, FssegError
+from fsseg.records import EVALUATION_KEYS, evaluation_identity
 
 #: Scalar (0-d) entries that name the run the predictions come from.
-IDENTITY_KEYS = (
-    "run_id",
-    "method",
-    "variant",
-    "backbone",
-    "dataset",
-    "fold",
-    "shot",
-    "train_shot",
-    "train_seed",
-    "episode_seed",
-    "manifest_hash",
-)
+IDENTITY_KEYS = (*EVALUATION_KEYS, "manifest_hash")
 
 
 def _pad(arrays: list[np.ndarray], fill: int) -> np.ndarray:
@@ -178,19 +167,9 @@ def predict(cfg: Any, n_episodes: int, out: str | Path, manifest_file: str | Pat
         "support_ids": np.array([list(e.support_ids) for e in episodes], dtype=str),
         **{c: np.array(v, dtype=np.int64) for c, v in counts.items()},
     }
-    identity = {
-        "run_id": run_id(cfg),
-        "method": cfg.method.name,
-        "variant": cfg.method.variant,
-        "backbone": cfg.backbone.name,
-        "dataset": cfg.dataset.name,
-        "fold": cfg.fold,
-        "shot": manifest.header["shot"],
-        "train_shot": cfg.train.shot,
-        "train_seed": cfg.train.train_seed,
-        "episode_seed": manifest.header["episode_seed"],
-        "manifest_hash": manifest.content_hash,
-    }
+    identity = evaluation_identity(
+        cfg, run_id(cfg), manifest.header["shot"], manifest.header["episode_seed"], manifest.content_hash
+    )
     arrays.update({k: np.array(v) for k, v in identity.items()})
     save_npz(out, arrays)
     print(f"fsseg: {cfg.run_name}: predictions of {n} episodes → {out}", file=sys.stderr)

@@ -23,6 +23,7 @@ from fsseg.cli import main
 from fsseg.config import load_config
 from fsseg.engine.build import run_id
 from fsseg.errors import ConfigError, FssegError
+from fsseg.records import evaluation_identity
 from fsseg.report.build import TABLE_NAMES, build_report
 from fsseg.report.plots import FIGURE_NAMES
 from fsseg.stats import compare_family, compare_records, holm
@@ -65,17 +66,7 @@ def _fake_records(cfg, skill: float, manifest_hash: str) -> list[dict]:
         false_px = int(noise.integers(0, 60))
         rows.append(
             {
-                "run_id": rid,
-                "method": cfg.method.name,
-                "variant": cfg.method.variant,
-                "backbone": cfg.backbone.name,
-                "dataset": cfg.dataset.name,
-                "fold": cfg.fold,
-                "train_shot": cfg.train.shot,
-                "shot": cfg.eval.shot,
-                "train_seed": cfg.train.train_seed,
-                "episode_seed": cfg.eval.episode_seed,
-                "manifest_hash": manifest_hash,
+                **evaluation_identity(cfg, rid, cfg.eval.shot, cfg.eval.episode_seed, manifest_hash),
                 "episode_id": episode_id,
                 "class_id": class_id,
                 "class_name": CLASS_NAMES[class_id],

@@ -27,7 +27,7 @@ from fsseg.engine.train import MODEL, to_device
 from fsseg.errors import FssegError
 from fsseg.method import FewShotMethod
 from fsseg.metrics import COUNT_COLUMNS, episode_counts, summarize
-from fsseg.records import write_records
+from fsseg.records import evaluation_identity, write_records
 
 
 def ensure_manifest(
@@ -138,21 +138,14 @@ def evaluate(cfg: ExperimentConfig, manifest_file: Path | None = None, untrained
 
     rid = run_id(cfg) + ("-untrained" if untrained else "")
     manifest_hash = manifest.content_hash
+    identity = evaluation_identity(
+        cfg, rid, manifest.header["shot"], manifest.header["episode_seed"], manifest_hash
+    )
     records = []
     for episode, row in zip(manifest.episodes, counts, strict=True):
         records.append(
             {
-                "run_id": rid,
-                "method": cfg.method.name,
-                "variant": cfg.method.variant,
-                "backbone": cfg.backbone.name,
-                "dataset": cfg.dataset.name,
-                "fold": cfg.fold,
-                "train_shot": cfg.train.shot,
-                "shot": manifest.header["shot"],
-                "train_seed": cfg.train.train_seed,
-                "episode_seed": manifest.header["episode_seed"],
-                "manifest_hash": manifest_hash,
+                **identity,
                 "episode_id": episode.episode_id,
                 "class_id": episode.class_id,
                 "class_name": adapter.class_name(episode.class_id),
