@@ -31,6 +31,7 @@ from fsseg.engine.evaluate import evaluate
 from fsseg.errors import DataError, FssegError
 from fsseg.metrics import summarize
 from fsseg.records import RECORD_COLUMNS, read_records, write_records
+from tests.toy_dataset import toy_config_maker
 
 OUTPUTS = (EVALUATIONS_FILE, RECORDS_FILE, PROTOCOL_FILE)
 
@@ -98,18 +99,7 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def real_folders(toy_root, tmp_path_factory):
     """Colour-floor evaluations: 2 folds × 2 train seeds × 2 episode seeds, 12 episodes each."""
-    from fsseg.config import load_config
-
-    root = tmp_path_factory.mktemp("real_evals")
-
-    def make(*overrides: str):
-        base = {
-            "dataset": {"name": "toy", "root": str(toy_root), "image_size": 32},
-            "output_root": str(root / "results"),
-            "train": {"iterations": 0},
-            "eval": {"n_episodes": 12, "batch_size": 12},
-        }
-        return load_config(base=base, overrides=list(overrides))
+    make = toy_config_maker(toy_root, tmp_path_factory.mktemp("real_evals") / "results")
 
     return make, real_evaluations(make)
 

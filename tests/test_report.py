@@ -28,6 +28,7 @@ from fsseg.report.build import TABLE_NAMES, build_report
 from fsseg.report.plots import FIGURE_NAMES
 from fsseg.stats import compare_family, compare_records, holm
 from tests.test_aggregate import real_evaluations, write_fake_evaluation
+from tests.toy_dataset import toy_config_maker
 
 CLASS_NAMES = {i + 1: name for i, name in enumerate("abcdef")}
 FOLD_CLASSES = {0: [1, 2, 3], 1: [4, 5, 6]}
@@ -428,15 +429,7 @@ def real_grid(toy_root, tmp_path_factory):
     from fsseg.engine.train import train
 
     root = tmp_path_factory.mktemp("real_grid")
-
-    def make(*overrides: str):
-        base = {
-            "dataset": {"name": "toy", "root": str(toy_root), "image_size": 32},
-            "output_root": str(root / "results"),
-            "train": {"iterations": 0},
-            "eval": {"n_episodes": 12, "batch_size": 12},
-        }
-        return load_config(base=base, overrides=list(overrides))
+    make = toy_config_maker(toy_root, root / "results")
 
     for fold in FOLDS:
         for seed in (0, 1):

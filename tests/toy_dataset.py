@@ -58,3 +58,19 @@ def make_toy_dataset(
         splits[split] = rows
     write_index(root, "toy", splits, {"seed": seed, "size": size})
     return root
+
+
+def toy_config_maker(toy_root: Path, results: Path):
+    """``make(*overrides)``: an untrained (0-iteration) run config on the toy dataset, 12 test episodes."""
+    from fsseg.config import load_config
+
+    def make(*overrides: str):
+        base = {
+            "dataset": {"name": "toy", "root": str(toy_root), "image_size": 32},
+            "output_root": str(results),
+            "train": {"iterations": 0},
+            "eval": {"n_episodes": 12, "batch_size": 12},
+        }
+        return load_config(base=base, overrides=list(overrides))
+
+    return make
