@@ -65,7 +65,12 @@ def cmd_episodes(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from fsseg.engine.evaluate import evaluate
 
-    out = evaluate(_load(args), Path(args.manifest) if args.manifest else None, untrained=args.untrained)
+    out = evaluate(
+        _load(args),
+        Path(args.manifest) if args.manifest else None,
+        untrained=args.untrained,
+        diagnose=args.diagnose,
+    )
     print(out)
 
 
@@ -217,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--manifest", help="manifest file (default: drawn/loaded at output_root/manifests/...)")
     p.add_argument("--untrained", action="store_true", help="evaluate the untrained method (reference)")
+    p.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="also score support swap, base-class episodes and the method's probes (diagnostics.json)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("bench", help="measure params, FLOPs, latency/FPS and peak memory of a method")

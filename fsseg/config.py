@@ -106,7 +106,13 @@ class EvalConfig:
 
 @dataclass
 class PretrainConfig:
-    iterations: int = opt(1500, help="steps of base-class semantic-segmentation pretraining", ge=1)
+    classes: Literal["base", "auxiliary"] = opt(
+        "base",
+        help="base: semantic segmentation of the fold's base classes (one backbone per fold); auxiliary: "
+        "of the dataset's pretraining split, whose classes belong to no fold (one backbone for every fold, "
+        "the role ImageNet plays for real data; only datasets that declare such a split)",
+    )
+    iterations: int = opt(1500, help="steps of semantic-segmentation pretraining", ge=1)
     batch_size: int = opt(16, help="images per step", ge=1)
     lr: float = opt(1e-3, help="Adam learning rate (cosine decay to zero)", gt=0)
     weight_decay: float = opt(1e-4, help="Adam weight decay", ge=0)
@@ -158,7 +164,13 @@ class ExperimentConfig:
             "split": self.eval.split,
             "min_object_px": self.dataset.min_object_px,
             "pretrain_seed": self.pretrain.seed,
+            "pretrain_scope": self.pretrain_scope,
         }
+
+    @property
+    def pretrain_scope(self) -> str:
+        """``fold<N>`` for a base-class backbone, ``auxiliary`` for the one shared by every fold."""
+        return "auxiliary" if self.pretrain.classes == "auxiliary" else f"fold{self.fold}"
 
     @property
     def run_dir(self) -> Path:
@@ -176,7 +188,7 @@ class ExperimentConfig:
 
     @property
     def pretrained_backbone_path(self) -> Path:
-        """Where ``fsseg pretrain`` writes this fold's base-class backbone."""
+        """Where ``fsseg pretrain`` writes the backbone this config's methods start from."""
         return Path(paths.PRETRAINED_BACKBONE.format(**self._path_fields()))
 
 

@@ -14,6 +14,8 @@ checkpoints, output paths) belongs to the harness.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -72,12 +74,29 @@ class FewShotMethod(nn.Module):
     recipes: ClassVar[dict[str, TrainRecipe]] = {"default": TrainRecipe()}
     trains_backbone: ClassVar[bool] = True
     """Whether the method's paper fine-tunes the backbone (PANet) or keeps it frozen (PFENet)."""
+    probes: ClassVar[dict[str, str]] = {}
+    """Inference-time probes the diagnostics run (name → what it switches off), e.g. ``{"prior_off":
+    "the prior map is replaced by zeros"}``. Inside ``with method.probe(name):`` the method's forward
+    honours ``self.active_probe == name``; the weights are untouched."""
     registry_name: ClassVar[str] = ""
 
     def __init__(self, params: Any, backbone: BackboneSpec) -> None:
         super().__init__()
         self.params = params
         self.backbone_spec = backbone
+        self.active_probe: str | None = None
+
+    @contextmanager
+    def probe(self, name: str) -> Iterator[None]:
+        """Run the enclosed forward passes with the declared probe ``name`` switched on."""
+        if name not in self.probes:
+            known = ", ".join(sorted(self.probes)) or "none"
+            raise ConfigError(f"method {self.registry_name!r} declares no probe {name!r}; known: {known}")
+        previous, self.active_probe = self.active_probe, name
+        try:
+            yield
+        finally:
+            self.active_probe = previous
 
     # --- declared configuration -------------------------------------------------------------
     @classmethod

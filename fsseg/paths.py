@@ -18,8 +18,9 @@ MANIFEST = (
 )
 """A test-episode manifest, shared by every method (``fsseg episodes``)."""
 
-PRETRAINED_BACKBONE = "{output_root}/{dataset}/backbones/{backbone}_fold{fold}_seed{pretrain_seed}.pt"
-"""A backbone pretrained on one fold's base classes (``fsseg pretrain``)."""
+PRETRAINED_BACKBONE = "{output_root}/{dataset}/backbones/{backbone}_{pretrain_scope}_seed{pretrain_seed}.pt"
+"""A backbone pretrained by ``fsseg pretrain``: on one fold's base classes (scope ``fold<N>``) or on
+the dataset's auxiliary pretraining classes, shared by every fold (scope ``auxiliary``)."""
 
 
 def dataset_tag(name: str, options: dict) -> str:

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
-from datasets.synthetic.generator import SPLITS, GenerationParams, encode_png, generate_sample
+from datasets.synthetic.generator import (
+    AUXILIARY_CLASSES,
+    PRETRAIN_SPLIT,
+    SPLITS,
+    GenerationParams,
+    encode_png,
+    generate_sample,
+)
 from fsseg.atomic import write_bytes
 from fsseg.data.adapter import DESCRIPTOR, DatasetAdapter, build_index_entry, write_index
 from fsseg.errors import DataError
@@ -41,6 +48,8 @@ class SyntheticAerial(DatasetAdapter):
     """
 
     class_names: ClassVar[tuple[str, ...]] = CLASS_NAMES
+    pretrain_split: ClassVar[str | None] = PRETRAIN_SPLIT
+    pretrain_num_classes: ClassVar[int] = len(AUXILIARY_CLASSES)
 
     @classmethod
     def fold_classes(cls, options: Any) -> list[list[int]]:
@@ -58,6 +67,7 @@ class SyntheticAerial(DatasetAdapter):
         n_train: int = _DEFAULTS.n_train,
         n_val: int = _DEFAULTS.n_val,
         n_test: int = _DEFAULTS.n_test,
+        n_pretrain: int = _DEFAULTS.n_pretrain,
         overwrite: bool = False,
         progress: bool = True,
         workers: int | None = None,
@@ -70,7 +80,12 @@ class SyntheticAerial(DatasetAdapter):
         the work (default: one per CPU core, at most 8); the files do not depend on it.
         """
         params = GenerationParams(
-            seed=seed, image_size=image_size, n_train=n_train, n_val=n_val, n_test=n_test
+            seed=seed,
+            image_size=image_size,
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            n_pretrain=n_pretrain,
         )
         _check_params(params)
         root = Path(root)
@@ -169,6 +184,7 @@ class SyntheticAerial(DatasetAdapter):
             n_train=args.n_train,
             n_val=args.n_val,
             n_test=args.n_test,
+            n_pretrain=args.n_pretrain,
             overwrite=args.overwrite,
             progress=args.progress,
             workers=args.workers,
@@ -198,7 +214,8 @@ def _write_images(
         # no per-file fsync: the renames keep files whole, and prepare syncs once before the index
         write_bytes(root / image_rel, encode_png(image), fsync=False)
         write_bytes(root / mask_rel, encode_png(mask), fsync=False)
-        rows.append(build_index_entry(image_id, image_rel, mask_rel, mask, NUM_CLASSES))
+        n_classes = len(AUXILIARY_CLASSES) if split == PRETRAIN_SPLIT else NUM_CLASSES
+        rows.append(build_index_entry(image_id, image_rel, mask_rel, mask, n_classes))
     return rows
 
 

@@ -26,16 +26,31 @@ from datasets.synthetic.classes import NUM_CLASSES
 
 # Bump whenever a change alters any generated pixel: the version is part of the recorded generation
 # parameters, so an old prepared copy is then reported as different instead of silently reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-"""Split names; a split's position is its ``split_index`` in the per-image seed."""
+SPLITS: tuple[str, ...] = ("train", "val", "test", "pretrain")
+"""Split names; a split's position is its ``split_index`` in the per-image seed. ``pretrain`` holds
+only objects of the auxiliary classes below, which belong to no fold: the backbone is pretrained on
+them once for every fold, as ImageNet serves the real benchmarks."""
+PRETRAIN_SPLIT = "pretrain"
+
+# Auxiliary classes of the pretraining split: every (shape, texture) pairing that no benchmark class
+# uses. Each shares its shape with one benchmark class and its texture with another, so a backbone that
+# tells them apart has learned shape and texture features that also tell the benchmark's novel classes
+# apart, without ever having seen one of them. Label id = position + 1.
+AUXILIARY_CLASSES: tuple[tuple[int, int], ...] = tuple(
+    (shape, texture) for shape in range(NUM_CLASSES) for texture in range(NUM_CLASSES) if texture != shape
+)
 
 # Object sizes are given for a 96 px image and scale linearly with the image side.
 REFERENCE_SIZE = 96
 OBJECT_DIAMETER_PX = (20.0, 48.0)
-MAX_OBJECTS = 3
-TWO_CLASS_PROBABILITY = 0.5
+MAX_OBJECTS = 4
+# Probability of 1, 2 and 3 classes in an image. Most images hold objects of other classes besides
+# the episode's, so only the support tells which object is foreground: a method that segments "every
+# object" scores poorly and one that ignores its support drops under a support swap (version 1 had
+# one class in half of the images, and such methods did as well as the others).
+CLASS_COUNT_PROBABILITIES = (0.15, 0.55, 0.30)
 # An object may hide at most this share of an earlier object, and at least this share of every
 # object must stay visible (inside the image and not hidden), so each object stays recognisable.
 MIN_VISIBLE_FRACTION = 0.5
@@ -86,6 +101,7 @@ class GenerationParams:
     n_train: int = 3000
     n_val: int = 600
     n_test: int = 1200
+    n_pretrain: int = 3000
 
     def counts(self) -> dict[str, int]:
         """Number of images of each split, in :data:`SPLITS` order."""
@@ -100,6 +116,7 @@ class GenerationParams:
             "n_train": self.n_train,
             "n_val": self.n_val,
             "n_test": self.n_test,
+            "n_pretrain": self.n_pretrain,
         }
 
 
@@ -303,8 +320,10 @@ def generate_sample(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image and its mask: RGB uint8 [S, S, 3] and class ids uint8 [S, S] (0 = background).
 
-    The primary class is ``image_index`` round-robin over the classes, so every class is the main
-    class of every 15th image of each split; a second class is added with probability 1/2.
+    Benchmark splits: the primary class is ``image_index`` round-robin over the classes, so every
+    class is the main class of every 15th image of each split; one or two other classes are added
+    (:data:`CLASS_COUNT_PROBABILITIES`). The pretraining split draws its 1–3 classes from
+    :data:`AUXILIARY_CLASSES` (label ids 1..210) and never shows a benchmark class.
     """
     rng = np.random.default_rng([seed, split_index, image_index])
     size = image_size
@@ -313,20 +332,27 @@ def generate_sample(
     labels = np.zeros((size, size), dtype=np.uint8)
     instances = np.zeros((size, size), dtype=np.int16)  # 0 = none, k = k-th placed object
 
-    primary = image_index % NUM_CLASSES + 1
-    classes = [primary]
-    if rng.random() < TWO_CLASS_PROBABILITY:
+    n_classes = 1 + int(rng.choice(len(CLASS_COUNT_PROBABILITIES), p=CLASS_COUNT_PROBABILITIES))
+    if SPLITS[split_index] == PRETRAIN_SPLIT:
+        label_ids = [int(c) + 1 for c in rng.choice(len(AUXILIARY_CLASSES), size=n_classes, replace=False)]
+        looks = {c: AUXILIARY_CLASSES[c - 1] for c in label_ids}
+    else:
+        primary = image_index % NUM_CLASSES + 1
         others = [c for c in range(1, NUM_CLASSES + 1) if c != primary]
-        classes.append(int(rng.choice(others)))
-    n_objects = int(rng.integers(len(classes), MAX_OBJECTS + 1))
+        label_ids = [primary, *(int(c) for c in rng.choice(others, size=n_classes - 1, replace=False))]
+        looks = {c: (c - 1, c - 1) for c in label_ids}
+    n_objects = int(rng.integers(len(label_ids), MAX_OBJECTS + 1))
     # The first object of each class is placed first, so extra objects can only ever be dropped.
-    object_classes = classes + [int(c) for c in rng.choice(classes, size=n_objects - len(classes))]
+    object_classes = label_ids + [int(c) for c in rng.choice(label_ids, size=n_objects - len(label_ids))]
 
     # One sun for the whole image: every object casts its shadow the same way.
     sun = rng.uniform(0, 2 * math.pi)
     full_areas: list[int] = []
-    for k, class_id in enumerate(object_classes, start=1):
-        placed = _place_object(rng, class_id, size, scale, instances, full_areas, required=k <= len(classes))
+    for k, label_id in enumerate(object_classes, start=1):
+        shape_index, texture_index = looks[label_id]
+        placed = _place_object(
+            rng, shape_index, size, scale, instances, full_areas, required=k <= len(label_ids)
+        )
         if placed is None:
             continue
         full_areas.append(placed.full_area)
@@ -342,14 +368,14 @@ def generate_sample(
             image[shadow_window][shadow_mask] *= 0.62
 
         c1, c2 = _pick_texture_colours(rng, ground=int(region_colours[regions[placed.centre]]))
-        kind, cycles, angle = TEXTURES[class_id - 1]
+        kind, cycles, angle = TEXTURES[texture_index]
         t = _texture(kind, cycles, angle, placed.u, placed.v, (rng.random(), rng.random()))
         amplitude = rng.uniform(0.75, 1.0)
         brightness = rng.uniform(0.9, 1.1)
         colour = COLOUR_POOL[c1] + (amplitude * t)[..., None] * (COLOUR_POOL[c2] - COLOUR_POOL[c1])
         window = image[ys, xs]
         window[obj] = brightness * colour[obj]
-        labels[ys, xs][obj] = class_id
+        labels[ys, xs][obj] = label_id
         instances[ys, xs][obj] = oid
 
     image = _blur3(image)
@@ -382,7 +408,7 @@ class _Placement:
 
 def _place_object(
     rng: np.random.Generator,
-    class_id: int,
+    shape_index: int,
     size: int,
     scale: float,
     instances: np.ndarray,
@@ -395,7 +421,7 @@ def _place_object(
     its class) finally tries the image centre at minimum size, where the first object of an image
     always fits entirely, and otherwise takes the least damaging candidate it saw.
     """
-    shape = SHAPES[class_id - 1]
+    shape = SHAPES[shape_index]
     lo, hi = OBJECT_DIAMETER_PX
     best: tuple[float, _Placement] | None = None
     for attempt in range(PLACEMENT_TRIES + 1):

@@ -88,6 +88,10 @@ class DatasetAdapter:
     train_split: ClassVar[str] = "train"
     val_split: ClassVar[str] = "val"
     test_split: ClassVar[str] = "test"
+    pretrain_split: ClassVar[str | None] = None
+    """A split of auxiliary classes that belong to no fold, for backbone pretraining shared by every
+    fold (``pretrain.classes: auxiliary``); its masks hold ids 1..``pretrain_num_classes``."""
+    pretrain_num_classes: ClassVar[int] = 0
 
     def __init__(self, root: str | Path, options: dict[str, Any] | None = None) -> None:
         from fsseg.schema import from_dict
@@ -227,11 +231,12 @@ class DatasetAdapter:
                 f"mask {path} is {mask.shape[1]}x{mask.shape[0]} "
                 f"but its image is {entry.size[1]}x{entry.size[0]}"
             )
-        bad = np.setdiff1d(np.unique(mask), [*range(self.num_classes + 1), IGNORE_INDEX])
+        n_classes = self.pretrain_num_classes if split == self.pretrain_split else self.num_classes
+        bad = np.setdiff1d(np.unique(mask), [*range(n_classes + 1), IGNORE_INDEX])
         if bad.size:
             raise DataError(
-                f"mask {path} holds label value(s) {bad.tolist()} outside the {self.num_classes} classes of "
-                f"{self.registry_name!r} (allowed: 0..{self.num_classes}, {IGNORE_INDEX})"
+                f"mask {path} holds label value(s) {bad.tolist()} outside the {n_classes} classes of "
+                f"split {split!r} of {self.registry_name!r} (allowed: 0..{n_classes}, {IGNORE_INDEX})"
             )
         return mask
 

@@ -32,6 +32,13 @@ class Episode:
     class_id: int
     query_id: str
     support_ids: tuple[str, ...]
+    support_class_id: int | None = None
+    """Class whose pixels are foreground in the supports when it differs from the query's ``class_id``
+    (only in the derived support-swap manifests of :mod:`fsseg.engine.diagnose`; never saved)."""
+
+    @property
+    def support_class(self) -> int:
+        return self.class_id if self.support_class_id is None else self.support_class_id
 
 
 def _draw_images(rng: np.random.Generator, candidates: list[str], shot: int) -> tuple[str, tuple[str, ...]]:
@@ -146,13 +153,16 @@ def build_test_manifest(
     n_episodes: int,
     split: str = "test",
     min_object_px: int = 0,
+    classes: list[int] | None = None,
 ) -> EpisodeManifest:
-    """Draw the test (or validation) episodes of a fold's novel classes.
+    """Draw the test (or validation) episodes of a fold's novel classes (or of ``classes``).
 
-    Classes are visited in balanced rounds (each round a fresh permutation of the novel classes), so
+    Classes are visited in balanced rounds (each round a fresh permutation of the classes), so
     every class gets ``n_episodes / n_classes`` episodes (±1) and class-wise mIoU weighs them fairly.
+    The header's ``novel_classes`` lists the classes the episodes are drawn from (the classes that
+    class-wise mIoU averages over).
     """
-    classes = adapter.novel_classes(fold)
+    classes = list(classes) if classes is not None else adapter.novel_classes(fold)
     candidates = _candidates_per_class(adapter, split, classes, shot, min_object_px)
     rng = np.random.default_rng([episode_seed, fold, shot, n_episodes])
     episodes = []

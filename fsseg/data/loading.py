@@ -63,15 +63,15 @@ class EpisodeTensors:
         self.label_resolution = label_resolution
 
     def __call__(self, episode: Episode, rng: np.random.Generator | None = None) -> dict[str, Any]:
-        def load(image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        def load(image_id: str, class_id: int) -> tuple[np.ndarray, np.ndarray]:
             image = self.adapter.load_image(self.split, image_id)
-            mask = binary_mask(self.adapter.load_mask(self.split, image_id), episode.class_id)
+            mask = binary_mask(self.adapter.load_mask(self.split, image_id), class_id)
             if rng is not None:
                 image, mask = augment_pair(image, mask, rng)
             return image, mask
 
-        q_img, q_mask = load(episode.query_id)
-        supports = [load(s) for s in episode.support_ids]
+        q_img, q_mask = load(episode.query_id, episode.class_id)
+        supports = [load(s, episode.support_class) for s in episode.support_ids]
         item = {
             "query_img": image_tensor(q_img, self.image_size),
             "query_mask": mask_tensor(q_mask, self.image_size),

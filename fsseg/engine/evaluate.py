@@ -116,10 +116,14 @@ def load_trained(cfg: ExperimentConfig, device: torch.device) -> FewShotMethod:
     return method.to(device)
 
 
-def evaluate(cfg: ExperimentConfig, manifest_file: Path | None = None, untrained: bool = False) -> Path:
+def evaluate(
+    cfg: ExperimentConfig, manifest_file: Path | None = None, untrained: bool = False, diagnose: bool = False
+) -> Path:
     """Evaluate the trained run of ``cfg`` on its test manifest; returns the output folder.
 
-    ``untrained`` evaluates the freshly initialised method (the "before training" reference).
+    ``untrained`` evaluates the freshly initialised method (the "before training" reference);
+    ``diagnose`` also writes ``diagnostics.json`` (support swap, base classes, the method's probes;
+    see :mod:`fsseg.engine.diagnose`).
     """
     device = resolve_device(cfg.eval.device)
     adapter = build_dataset(cfg)
@@ -178,14 +182,27 @@ def evaluate(cfg: ExperimentConfig, manifest_file: Path | None = None, untrained
             "harness_overhead_fraction": round(1 - timing["model_seconds"] / wall, 4) if wall > 0 else None,
         },
     }
+    diagnostics = None
+    if diagnose:
+        from fsseg.engine.diagnose import DIAGNOSTICS_FILE
+        from fsseg.engine.diagnose import diagnose as run_diagnostics
+
+        diagnostics = run_diagnostics(method, manifest, adapter, cfg, device, metrics["miou"])
     write_records(out_dir / "records.csv", records)
     write_yaml(out_dir / "config.yaml", cfg.to_dict())
+    if diagnostics is not None:
+        write_json(out_dir / DIAGNOSTICS_FILE, {"run_id": rid, "shot": cfg.eval.shot, **diagnostics})
     write_json(out_dir / "summary.json", summary)
     print(
         f"fsseg: {cfg.run_name} {cfg.eval.shot}-shot on {len(records)} episodes: "
         f"class mIoU {metrics['miou']:.4f}, FB-IoU {metrics['fbiou']:.4f}, "
         f"episode mIoU {metrics['episode_miou']:.4f}"
-        f" → {out_dir}",
+        + (
+            ""
+            if diagnostics is None
+            else "; " + ", ".join(f"{k} {v:.4f}" for k, v in diagnostics["scores"].items() if k != "miou")
+        )
+        + f" → {out_dir}",
         file=sys.stderr,
     )
     return out_dir

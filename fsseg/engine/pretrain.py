@@ -1,9 +1,16 @@
-"""Base-class pretraining of a backbone, shared frozen (or fine-tuned) by every method of a fold.
+"""Pretraining of a backbone shared frozen (or fine-tuned) by every method, as ImageNet weights are.
 
-On the synthetic benchmark no ImageNet weights exist offline, so each fold gets a backbone trained
-as a plain semantic-segmentation network on its *base* classes only (novel-class pixels are ignored,
-so the backbone is never told that novel objects are background). Methods then load it through
-``backbone.weights``. The output holds ``{"backbone": state_dict, "meta": {...}}``.
+On the synthetic benchmark no ImageNet weights exist offline, so a backbone is trained as a plain
+semantic-segmentation network (``pretrain.classes``):
+
+* ``auxiliary``: on the dataset's pretraining split, whose classes belong to no fold; one backbone
+  serves every fold, and no novel (or base) class is ever seen, exactly like ImageNet for the real
+  benchmarks;
+* ``base``: on one fold's *base* classes only (novel-class pixels are ignored, so the backbone is
+  never told that novel objects are background); one backbone per fold.
+
+Methods then load it through ``backbone.weights: fold_pretrained``. The output holds
+``{"backbone": state_dict, "meta": {...}}``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from fsseg.data.loading import augment_pair, image_tensor, mask_tensor
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import build_dataset
 from fsseg.engine.progress import Progress, format_duration
-from fsseg.errors import DataError, TrainingDiverged
+from fsseg.errors import ConfigError, DataError, TrainingDiverged
 from fsseg.method import BackboneSpec
 from fsseg.models.backbones import build_backbone
 
@@ -49,14 +56,28 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     settings = cfg.pretrain
     device = resolve_device(settings.device)
     adapter = build_dataset(cfg)
-    base, novel = adapter.base_classes(cfg.fold), adapter.novel_classes(cfg.fold)
-    split = adapter.train_split
-    image_ids = adapter.image_ids(split)
-    if cfg.dataset.train_filter == "remove_novel":
-        image_ids = [i for i in image_ids if not adapter.contains_any(split, i, set(novel))]
+    if settings.classes == "auxiliary":
+        if adapter.pretrain_split is None:
+            raise ConfigError(
+                f"config.pretrain.classes: dataset {cfg.dataset.name!r} has no auxiliary pretraining split; "
+                "use 'base'"
+            )
+        split = adapter.pretrain_split
+        image_ids = adapter.image_ids(split)
+        n_classes = adapter.pretrain_num_classes
+        table = np.arange(256, dtype=np.uint8)  # label ids are the auxiliary classes themselves
+        what = f"{n_classes} auxiliary classes (no fold's)"
+    else:
+        base, novel = adapter.base_classes(cfg.fold), adapter.novel_classes(cfg.fold)
+        split = adapter.train_split
+        image_ids = adapter.image_ids(split)
+        if cfg.dataset.train_filter == "remove_novel":
+            image_ids = [i for i in image_ids if not adapter.contains_any(split, i, set(novel))]
+        n_classes = len(base)
+        table = _label_map(adapter.num_classes, base, novel)
+        what = f"{n_classes} base classes of fold {cfg.fold}"
     if not image_ids:
-        raise DataError(f"no training images left in split {split!r} for fold {cfg.fold}")
-    table = _label_map(adapter.num_classes, base, novel)
+        raise DataError(f"no pretraining images in split {split!r} of {cfg.dataset.name!r}")
 
     torch.manual_seed(settings.seed)
     spec = BackboneSpec(
@@ -67,14 +88,13 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     )
     backbone = build_backbone(spec).to(device)
     last_stage = backbone.stages[-1]
-    head = nn.Conv2d(backbone.channels[last_stage], len(base) + 1, kernel_size=1).to(device)
+    head = nn.Conv2d(backbone.channels[last_stage], n_classes + 1, kernel_size=1).to(device)
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
     size = cfg.dataset.image_size
     print(
-        f"fsseg: pretraining {cfg.backbone.name} on {len(base)} base classes of {cfg.dataset.name} "
-        f"fold {cfg.fold} "
+        f"fsseg: pretraining {cfg.backbone.name} on {what} of {cfg.dataset.name} "
         f"({len(image_ids)} images, {settings.iterations} steps) on {describe_device(device)}",
         file=sys.stderr,
     )
@@ -106,8 +126,9 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         progress.update(it + 1, f"loss {loss.item():.4f}")
     meta = {
         "dataset": cfg.dataset.name,
-        "fold": cfg.fold,
-        "base_classes": base,
+        "scope": cfg.pretrain_scope,
+        "classes": settings.classes,
+        "n_classes": n_classes,
         "backbone": cfg.backbone.name,
         "init_weights": settings.init_weights,
         "image_size": size,

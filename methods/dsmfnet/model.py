@@ -154,6 +154,7 @@ class DSMFNet(FewShotMethod):
     }
     recipes: ClassVar[dict[str, TrainRecipe]] = RECIPES
     trains_backbone = False
+    probes: ClassVar[dict[str, str]] = {"prior_off": "the prior map replaced by zeros at inference"}
 
     def __init__(self, params: DSMFNetParams, backbone: BackboneSpec) -> None:
         super().__init__(params, backbone)
@@ -257,6 +258,8 @@ class DSMFNet(FewShotMethod):
                 prior = training_free_prior(
                     q_high, s_high.view(b, k, *s_high.shape[1:]), support_fg.view(b, k, *support_fg.shape[1:])
                 )
+                if self.active_probe == "prior_off":
+                    prior = torch.zeros_like(prior)
         maps = gpml_maps + ([prior] if prior is not None else [])
 
         base = tuple(feats[p.stages[-1]].shape[-2:])

@@ -16,7 +16,7 @@ from torch import nn
 from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec, Batch, FewShotMethod, TrainRecipe
 from fsseg.models.backbones import build_backbone
-from fsseg.models.ops import deep_supervision_loss, foreground, masked_average_pool, resize
+from fsseg.models.ops import deep_supervision_loss, foreground, init_head, masked_average_pool, resize
 from fsseg.models.prior import high_level_features, prior_stages, resize_mask, training_free_prior
 from fsseg.registry import METHODS
 from fsseg.schema import opt
@@ -57,6 +57,12 @@ class PFENetParams:
     )
     dropout: float = opt(0.5, help="Dropout2d after the 1×1 reductions", ge=0.0, le=1.0)
     aux_weight: float = opt(1.0, help="weight of the mean auxiliary (per-scale) CE loss", ge=0.0)
+    head_init: str = opt(
+        "default",
+        help="initialisation of the head's convolutions: default (PyTorch's, as the official code) or "
+        "kaiming (He-normal, keeps the signal scale through the ReLU head; for short schedules)",
+        choices=("default", "kaiming"),
+    )
 
     def validate(self, path: str) -> None:
         if not self.ppm_scales or any(s <= 0 for s in self.ppm_scales):
@@ -128,6 +134,7 @@ class PFENet(FewShotMethod):
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "prior_off": {"prior": False}}
     recipes: ClassVar[dict[str, TrainRecipe]] = RECIPES
     trains_backbone = False
+    probes: ClassVar[dict[str, str]] = {"prior_off": "the prior map replaced by zeros at inference"}
 
     def __init__(self, params: PFENetParams, backbone: BackboneSpec) -> None:
         super().__init__(params, backbone)
@@ -158,6 +165,7 @@ class PFENet(FewShotMethod):
         self.res1 = nn.Sequential(*_conv_relu(dim * n_bins, dim, 1))
         self.res2 = _residual_block(dim)
         self.cls = _classifier(dim)
+        init_head([m for name, m in self.named_children() if name != "backbone"], params.head_init)
 
     # --- helpers -----------------------------------------------------------------------------------
     def pyramid_bins(self, height: int, width: int) -> list[tuple[int, int]]:
@@ -216,6 +224,8 @@ class PFENet(FewShotMethod):
                     query_high, supp_high, support_fg.view(b, k, *support_fg.shape[1:])
                 )
                 prior = resize(prior, size)
+                if self.active_probe == "prior_off":
+                    prior = torch.zeros_like(prior)
 
         logits, aux = self._enrich(query_feat, prototype, prior)
         out = {"logits": resize(logits, query_img.shape[-2:])}
