@@ -394,3 +394,37 @@ def test_dsmfnet_glore_nodes_follow_the_divisor() -> None:
         model = cls(cls.resolve_params("default", {"node_divisor": divisor}), BackboneSpec(name="resnet50"))
         assert [model.glore[s].num_node for s in ("layer1", "layer2", "layer3")] == expected
     assert cls.resolve_params("default").node_divisor == 8
+
+
+def test_captions_name_the_protocol_the_sampler_and_each_methods_input_size() -> None:
+    from fsseg.report.captions import protocol_text
+
+    protocol = {
+        "protocol": "H",
+        "sampler": "all_pairs",
+        "dataset": "isaid5i",
+        "folds": [0, 1, 2],
+        "n_episodes": "all",
+        "eval_split": "test",
+        "episode_seeds": [0],
+        "train_seeds": [0],
+        "image_size": 473,
+        "image_sizes": {"panet-default": 417, "pfenet-default": 473, "dsmfnet-default": 473},
+        "label_resolution": "original",
+        "train_filter": "none",
+        "min_object_px": 0,
+        "checkpoint_selection": {"selection": "last"},
+    }
+    text = protocol_text(protocol)
+    assert text.startswith("Protocol: protocol H (SDM/SCCNet/MGCL")
+    assert (
+        "every (image, novel class) pair once" in text
+        and "input 473×473 px (panet-default 417×417 px)" in text
+    )
+    text_b = protocol_text({**protocol, "protocol": "B", "sampler": "pfenet", "n_episodes": 1000})
+    assert (
+        "protocol B (BAM/DMNet/R2Net" in text_b
+        and "1000 test episodes" in text_b
+        and "PFENet's sampler" in text_b
+    )
+    assert "protocol" not in protocol_text({**protocol, "protocol": None}).split(":", 1)[1][:12]
