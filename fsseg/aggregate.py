@@ -23,6 +23,7 @@ import gzip
 import io
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,8 @@ SHARED_FACTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "dataset_options": lambda c: c["dataset"].get("options", {}),
     "eval_split": lambda c: c["eval"]["split"],
     "n_episodes": lambda c: c["eval"]["n_episodes"],
-    "image_size": lambda c: c["dataset"]["image_size"],
+    "sampler": lambda c: c["eval"].get("sampler", "balanced"),
+    "protocol": lambda c: c.get("protocol"),
     "label_resolution": lambda c: c["dataset"]["label_resolution"],
     "train_filter": lambda c: c["dataset"]["train_filter"],
     "min_object_px": lambda c: c["dataset"]["min_object_px"],
@@ -147,6 +149,17 @@ def protocol_facts(configs: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, A
             protocol[fact] = json.loads(next(iter(seen)))
     for fact, get in LISTED_FACTS.items():
         protocol[fact] = sorted({get(cfg) for _, cfg in configs})
+    # The input size may be a method's own (PANet's official 417 px against 473), never a run's:
+    # one size per method variant, stated per method in the caption where they differ.
+    sizes: dict[str, dict[str, list[str]]] = {}
+    for folder, cfg in configs:
+        key = f"{cfg['method']['name']}-{cfg['method']['variant']}"
+        sizes.setdefault(key, {}).setdefault(str(cfg["dataset"]["image_size"]), []).append(folder)
+    for key, seen in sorted(sizes.items()):
+        if len(seen) > 1:
+            problems.append(_disagreement(f"image_size of {key}", seen))
+    protocol["image_sizes"] = {key: int(next(iter(seen))) for key, seen in sorted(sizes.items())}
+    protocol["image_size"] = Counter(protocol["image_sizes"].values()).most_common(1)[0][0]
 
     runs: dict[str, dict[str, Any]] = {}
     params_seen: dict[str, dict[str, list[str]]] = {}

@@ -47,7 +47,11 @@ class DatasetConfig:
 
 @dataclass
 class BackboneConfig:
-    name: Literal["resnet18", "resnet50", "resnet101", "vgg16"] = opt("resnet18", help="backbone network")
+    name: Literal["resnet18", "resnet50", "resnet101", "resnet50_deep", "resnet101_deep", "vgg16"] = opt(
+        "resnet18",
+        help="backbone network; *_deep = PSPNet's deep-stem ResNet of PFENet (three 3x3 stem convs, "
+        "loads the official resnet50_v2.pth / resnet101_v2.pth); vgg16 = PANet's VGG-16",
+    )
     weights: str = opt(
         "none",
         help="'none' (random init), 'imagenet' (torchvision cache file), 'fold_pretrained' (the fold's "
@@ -62,6 +66,12 @@ class BackboneConfig:
     )
     train_mode: Literal["method", "frozen", "finetune"] = opt(
         "method", help="'method' keeps the method's own choice; the others force it"
+    )
+    frozen_bn: Literal["eval", "batch_stats"] | None = opt(
+        None,
+        help="BatchNorm of a frozen backbone while training: 'eval' keeps its running statistics fixed; "
+        "'batch_stats' leaves it in train mode (normalises with batch statistics, running statistics "
+        "drift and are saved), as PFENet's official train.py does; null = the recipe's value",
     )
 
 
@@ -80,7 +90,21 @@ class TrainConfig:
     lr_steps: list[int] | None = opt(None, help="iterations at which a step schedule multiplies by lr_gamma")
     lr_gamma: float | None = opt(None, help="step-schedule factor", gt=0, le=1)
     poly_power: float | None = opt(None, help="poly-schedule exponent", gt=0)
-    augment: bool = opt(True, help="random flips and 90-degree rotations of training images")
+    epochs: int | None = opt(
+        None,
+        help="training length in epochs of the fold's filtered training list (images with a base-class "
+        "object of at least dataset.min_object_px px, after train_filter): iterations = epochs x "
+        "floor(N / batch_size), as PFENet's drop_last loader; null = the recipe's value (unless "
+        "train.iterations is given)",
+        ge=1,
+    )
+    augment: Literal["flip_rot90", "pfenet", "panet", "none"] | None = opt(
+        None,
+        help="training augmentation pipeline: flip_rot90 (random flip + 90-degree rotation, then resize), "
+        "pfenet (RandScale 0.9-1.1, RandRotate +-10 deg, Gaussian blur, horizontal flip, random crop to "
+        "the input size padded with 255), panet (resize to the input size + random mirror), none; "
+        "null = the recipe's value",
+    )
     checkpoint_every: int = opt(100, help="iterations between resumable checkpoints", ge=1)
     log_every: int = opt(10, help="iterations between progress lines and log rows", ge=1)
     num_workers: int = opt(0, help="data-loader worker processes", ge=0)
@@ -97,11 +121,30 @@ class TrainConfig:
 class EvalConfig:
     shot: int = opt(1, help="support images per test episode", ge=1, le=20)
     episode_seed: int = opt(0, help="seed of the test episode manifest", ge=0)
-    n_episodes: int = opt(1000, help="test episodes per fold", ge=1)
+    n_episodes: int | Literal["all"] = opt(
+        1000,
+        help="test episodes per fold; 'all' with sampler all_pairs (one episode per (image, class) pair "
+        "of the split, the count set by the data)",
+        ge=1,
+    )
+    sampler: Literal["balanced", "pfenet", "all_pairs"] = opt(
+        "balanced",
+        help="test-episode sampler: balanced (classes in balanced rounds, random query and supports), "
+        "pfenet (walk the split's image list, class uniform among the novel classes in the query, as "
+        "PFENet's test.py), all_pairs (every (image, novel class) pair once with random supports, as "
+        "HSNet/SCCNet)",
+    )
     split: str = opt("test", help="dataset split the test episodes are drawn from")
     batch_size: int = opt(8, help="episodes per forward pass", ge=1)
     num_workers: int = opt(0, help="data-loader worker processes", ge=0)
     device: str = opt("auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
+
+    def validate(self, path: str) -> None:
+        if (self.n_episodes == "all") != (self.sampler == "all_pairs"):
+            raise ConfigError(
+                f"{path}.n_episodes: {self.n_episodes!r} does not fit {path}.sampler {self.sampler!r}; "
+                "sampler all_pairs takes n_episodes 'all' (every pair once), the other samplers a number"
+            )
 
 
 @dataclass
@@ -121,9 +164,27 @@ class PretrainConfig:
     device: str = opt("auto", help="'auto', 'cpu' or 'cuda[:N]'")
 
 
+#: The two published iSAID-5i protocols: the config values each one fixes.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # SDM → SCCNet → MGCL (HSNet's test): novel-class training pixels kept as background,
+    # every (image, novel class) pair of the test split once.
+    "H": {"dataset.train_filter": "none", "eval.sampler": "all_pairs", "eval.n_episodes": "all"},
+    # BAM → DMNet / R2Net (PFENet's dataset code): training images with novel classes removed,
+    # 1000 episodes of PFENet's sampler per episode seed (run several seeds).
+    "B": {"dataset.train_filter": "remove_novel", "eval.sampler": "pfenet", "eval.n_episodes": 1000},
+}
+
+
 @dataclass
 class ExperimentConfig:
     fold: int = opt(0, help="fold whose classes are novel", ge=0)
+    protocol: Literal["H", "B"] | None = opt(
+        None,
+        help="a published iSAID-5i protocol preset: H (SDM/SCCNet/MGCL: train_filter none, sampler "
+        "all_pairs, n_episodes all) or B (BAM/DMNet/R2Net: train_filter remove_novel, sampler pfenet, "
+        "1000 episodes per episode seed); it sets those three keys, and a config giving one of them "
+        "another value is refused; null = set them yourself",
+    )
     output_root: str = opt("results", help="root folder of run outputs")
     method: MethodConfig = opt(MethodConfig())
     dataset: DatasetConfig = opt(DatasetConfig())
@@ -259,9 +320,32 @@ def load_config(
     raw = compose(files, overrides, base)
     if "include" in raw:
         raise ConfigError("config: 'include' is not supported; pass several --config files instead")
+    raw = apply_protocol(raw)
     cfg = from_dict(ExperimentConfig, raw)
     resolve_method_and_dataset(cfg)
     return cfg
+
+
+def apply_protocol(raw: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the keys a ``protocol`` preset fixes; a different explicit value is an error naming it."""
+    name = raw.get("protocol")
+    if name is None:
+        return raw
+    if name not in PROTOCOLS:
+        raise ConfigError(f"config.protocol: {name!r} is not one of {', '.join(map(repr, PROTOCOLS))}")
+    raw = copy.deepcopy(raw)
+    for key, value in PROTOCOLS[name].items():
+        section, field = key.split(".")
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            continue  # the schema reports the malformed section
+        if field in target and target[field] != value:
+            raise ConfigError(
+                f"config.{key}: {target[field]!r} contradicts protocol {name}, which sets it to {value!r}; "
+                f"drop config.{key} or config.protocol"
+            )
+        target[field] = value
+    return raw
 
 
 def resolve_method_and_dataset(cfg: ExperimentConfig) -> None:

@@ -40,6 +40,12 @@ class TrainRecipe:
     poly_power: float = 0.9
     iterations: int = 1000
     batch_size: int = 4
+    epochs: int | None = None
+    """Length in epochs of the fold's filtered training list; when set it decides the iterations."""
+    augment: str = "flip_rot90"
+    """Training augmentation pipeline (``train.augment``): flip_rot90, pfenet, panet or none."""
+    frozen_bn: str = "eval"
+    """BatchNorm of a frozen backbone in training (``backbone.frozen_bn``): eval or batch_stats."""
     description: str = ""
 
 
@@ -58,6 +64,7 @@ class BackboneSpec:
     output_stride: int = opt(8)
     max_stage: str | None = opt(None)
     train_mode: str = opt("method")
+    frozen_bn: str = opt("eval", choices=("eval", "batch_stats"))
 
 
 Batch = dict[str, torch.Tensor]
@@ -132,9 +139,14 @@ class FewShotMethod(nn.Module):
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
 
     def train(self, mode: bool = True) -> FewShotMethod:
-        """Switch to training mode, keeping frozen sub-modules (``requires_grad`` all off) in eval mode."""
+        """Switch to training mode, keeping frozen sub-modules (``requires_grad`` all off) in eval mode.
+
+        With ``backbone.frozen_bn: batch_stats`` they stay in training mode instead, as in PFENet's
+        official ``train.py``: their BatchNorm normalises with batch statistics and its running
+        statistics drift (and are saved), though no weight of theirs is trained.
+        """
         super().train(mode)
-        if mode:
+        if mode and self.backbone_spec.frozen_bn == "eval":
             for module in self.frozen_modules():
                 module.eval()
         return self

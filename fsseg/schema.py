@@ -99,7 +99,7 @@ def _check_metadata(value: Any, meta: typing.Mapping[str, Any], path: str) -> No
         ("lt", lambda v, b: v < b, "<"),
     ):
         bound = meta.get(key)
-        if bound is not None and not test(value, bound):
+        if bound is not None and isinstance(value, int | float) and not test(value, bound):
             raise ConfigError(f"{path}: {value!r} is out of range (must be {word} {bound})")
 
 

@@ -177,7 +177,7 @@ def test_folders_that_disagree_on_a_shared_protocol_fact_are_refused(real_folder
     odd = evaluate(
         make("method.name=colour_floor", "fold=1", "dataset.image_size=24", f"output_root={tmp_path}")
     )
-    with pytest.raises(FssegError, match=r"image_size: 24 in .*; 32 in ") as info:
+    with pytest.raises(FssegError, match=r"image_size of colour_floor-default: 24 in .*; 32 in ") as info:
         aggregate([folders[0], odd], tmp_path / "agg")
     assert str(odd) in str(info.value) and str(folders[0]) in str(info.value)
     assert not (tmp_path / "agg").exists()

@@ -52,16 +52,25 @@ def test_resnet18_dilated_basic_blocks_keep_resolution() -> None:
     assert out["layer2"].shape == (2, 128, 8, 8) and out["layer4"].shape == (2, 512, 8, 8)
 
 
-def test_vgg16_loads_torchvision_weights_and_matches_early_layers() -> None:
+def test_vgg16_loads_torchvision_weights_and_matches_panets_encoder() -> None:
+    """torchvision's VGG-16 weights, rearranged the way PANet's models/vgg.py does (pools 1-3 3x3
+    stride 2 padding 1, pool4 3x3 stride 1, conv5 dilated by 2, no ReLU after conv5_3, no pool5)."""
     torch.manual_seed(0)
     theirs = torchvision.models.vgg16(weights=None).eval()
     ours = VGG16Backbone(8).eval()
     ours.load_state_dict(ours.torchvision_state(theirs.state_dict()), strict=True)
+    layers, pools = [], 0
+    for module in list(theirs.features)[:-1]:  # no pool5
+        if isinstance(module, torch.nn.MaxPool2d):
+            pools += 1
+            module = torch.nn.MaxPool2d(3, 2 if pools <= 3 else 1, 1)
+        elif isinstance(module, torch.nn.Conv2d) and pools == 4:
+            module.dilation, module.padding = (2, 2), (2, 2)
+        layers.append(module)
+    reference = torch.nn.Sequential(*layers[:-1])  # no ReLU after conv5_3
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        # conv1..conv3 are unchanged VGG layers (features[0:17]); conv4/conv5 are dilated, stride 1
-        got = ours(x, ("conv3",))["conv3"]
-        torch.testing.assert_close(got, theirs.features[:17](x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours(x)["conv5"], reference(x), rtol=1e-4, atol=1e-4)
         assert ours(x)["conv5"].shape == (1, 512, 8, 8)
 
 

@@ -25,7 +25,13 @@ def test_defaults_resolve_method_params():
         ("method.variant=nope", r"unknown variant 'nope' of 'panet'; known: default, no_align"),
         ("train.recipe=nope", r"unknown recipe 'nope'"),
         ("fold=7", r"config\.fold: 7 is out of range; dataset 'toy' has 2 folds"),
-        ("train.augment=3", r"config\.train\.augment: expected true or false, got 3"),
+        ("train.augment=3", r"config\.train\.augment: expected one of 'flip_rot90', .* or null, got 3"),
+        ("train.augment=rot", r"config\.train\.augment: expected one of .*'pfenet', 'panet'.*got 'rot'"),
+        ("train.epochs=0", r"config\.train\.epochs: 0 is out of range \(must be >= 1\)"),
+        ("backbone.frozen_bn=train", r"config\.backbone\.frozen_bn: expected one of 'eval', 'batch_stats'"),
+        ("eval.sampler=random", r"config\.eval\.sampler: expected one of 'balanced', 'pfenet', 'all_pairs'"),
+        ("eval.n_episodes=all", r"config\.eval\.n_episodes: 'all' does not fit config\.eval\.sampler"),
+        ("protocol=C", r"config\.protocol: 'C' is not one of 'H', 'B'"),
     ],
 )
 def test_bad_values_name_key_and_value(override, message):

@@ -57,6 +57,28 @@ def test_paper_config_plans_the_full_grid_without_data():
 
 
 @pytest.mark.slow
+def test_paper_protocols_plan_apart_with_their_samplers_backbones_and_sizes():
+    """Protocol H (config/paper.yaml) tests every pair ('nall' manifests); protocol B
+    (config/paper_protocolB.yaml) 1000 episodes, under its own results folder; PANet at 417 px on
+    VGG-16, PFENet and DSMF-Net on the deep-stem ResNet-50."""
+    h = _dry_run("--configfile", "config/paper.yaml")
+    h_jobs = _planned_jobs(h)
+    assert {w["n_episodes"] for r, w in h_jobs if r == "manifest"} == {"all"}
+    backbones = {(w["method"], w["backbone"]) for r, w in h_jobs if r == "train"}
+    assert backbones == {
+        ("colour_floor", "resnet50"),
+        ("panet", "vgg16"),
+        ("pfenet", "resnet50_deep"),
+        ("dsmfnet", "resnet50_deep"),
+    }
+    b = _dry_run("--configfile", "config/paper_protocolB.yaml")
+    counts = _job_counts(b)
+    assert counts["train"] == 4 * 3 * 2 * 5 + 7 * 3 * 2 * 5 and counts["report"] == 1
+    assert {w["n_episodes"] for r, w in _planned_jobs(b) if r == "manifest"} == {"1000"}
+    assert "results/protocol_B/isaid5i/" in b and "reports/protocol_B/isaid5i/" in b
+
+
+@pytest.mark.slow
 def test_default_config_plans_every_stage():
     counts = _job_counts(_dry_run("--forceall"))
     stages = ("prepare", "pretrain", "train", "manifest", "evaluate", "bench", "predict", "aggregate")

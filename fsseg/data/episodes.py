@@ -121,13 +121,18 @@ class EpisodeManifest:
             )
         return manifest
 
-    def check_matches(self, adapter: DatasetAdapter, fold: int) -> None:
-        """Refuse a manifest drawn from another dataset, fold or a changed index."""
+    def check_matches(self, adapter: DatasetAdapter, fold: int, sampler: str | None = None) -> None:
+        """Refuse a manifest drawn from another dataset, fold, sampler or a changed index."""
         head = self.header
         if head["dataset"] != adapter.registry_name or head["fold"] != fold:
             raise ManifestError(
                 f"manifest is for dataset {head['dataset']!r} fold {head['fold']}, "
                 f"not {adapter.registry_name!r} fold {fold}"
+            )
+        drawn_by = head.get("sampler", "balanced")  # manifests written before samplers were named
+        if sampler is not None and drawn_by != sampler:
+            raise ManifestError(
+                f"manifest was drawn by the {drawn_by!r} sampler, the config's eval.sampler is {sampler!r}"
             )
         if head["index_sha256"] != adapter.fingerprint(head["split"]):
             raise ManifestError(
@@ -145,34 +150,69 @@ def _episode_row(e: Episode) -> dict[str, Any]:
     }
 
 
+SAMPLERS = ("balanced", "pfenet", "all_pairs")
+"""Test-episode samplers (``eval.sampler``)."""
+
+
 def build_test_manifest(
     adapter: DatasetAdapter,
     fold: int,
     shot: int,
     episode_seed: int,
-    n_episodes: int,
+    n_episodes: int | str,
     split: str = "test",
     min_object_px: int = 0,
+    sampler: str = "balanced",
     classes: list[int] | None = None,
 ) -> EpisodeManifest:
-    """Draw the test (or validation) episodes of a fold's novel classes (or of ``classes``).
+    """Draw the test (or validation) episodes of a fold's novel classes (or of ``classes``, e.g. the
+    base classes for the diagnostics; the header's ``novel_classes`` then lists those) with one of
+    three samplers.
 
-    Classes are visited in balanced rounds (each round a fresh permutation of the classes), so
-    every class gets ``n_episodes / n_classes`` episodes (±1) and class-wise mIoU weighs them fairly.
-    The header's ``novel_classes`` lists the classes the episodes are drawn from (the classes that
-    class-wise mIoU averages over).
+    * ``balanced``: classes are visited in balanced rounds (each round a fresh permutation of the novel
+      classes), so every class gets ``n_episodes / n_classes`` episodes (±1) and class-wise mIoU weighs
+      them fairly; query and supports are random images of the class.
+    * ``pfenet`` (PFENet's ``util/dataset.py``/``test.py``): walk the split's query list (images with a
+      novel-class object of at least ``min_object_px`` px, in id order, wrapping round) for
+      ``n_episodes`` episodes; the class is drawn uniformly among the novel classes present in the
+      query, the supports among the images where that class covers ``min_object_px`` px.
+    * ``all_pairs`` (HSNet, SCCNet): every (image, novel class) pair of the split once (class by class,
+      images in id order; ``n_episodes`` must be ``"all"``), the supports drawn at random.
+
+    Every draw comes from ``(episode_seed, fold, shot, n_episodes)`` alone.
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown test sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+    if (n_episodes == "all") != (sampler == "all_pairs"):
+        raise ValueError(f"sampler {sampler!r} does not take n_episodes {n_episodes!r}")
     classes = list(classes) if classes is not None else adapter.novel_classes(fold)
     candidates = _candidates_per_class(adapter, split, classes, shot, min_object_px)
-    rng = np.random.default_rng([episode_seed, fold, shot, n_episodes])
-    episodes = []
-    order: list[int] = []
-    for episode_id in range(n_episodes):
-        if not order:
-            order = [classes[i] for i in rng.permutation(len(classes))]
-        cid = order.pop(0)
-        query, supports = _draw_images(rng, candidates[cid], shot)
-        episodes.append(Episode(episode_id, cid, query, supports))
+    episodes: list[Episode] = []
+    if sampler == "balanced":
+        rng = np.random.default_rng([episode_seed, fold, shot, n_episodes])
+        order: list[int] = []
+        for episode_id in range(int(n_episodes)):
+            if not order:
+                order = [classes[i] for i in rng.permutation(len(classes))]
+            cid = order.pop(0)
+            query, supports = _draw_images(rng, candidates[cid], shot)
+            episodes.append(Episode(episode_id, cid, query, supports))
+    elif sampler == "pfenet":
+        rng = np.random.default_rng([episode_seed, fold, shot, int(n_episodes), SAMPLERS.index(sampler)])
+        usable = {c: set(images) for c, images in candidates.items()}
+        queries = [i for i in adapter.image_ids(split) if any(i in usable[c] for c in classes)]
+        for episode_id in range(int(n_episodes)):
+            query = queries[episode_id % len(queries)]
+            present = [c for c in classes if adapter.entries(split)[query].class_pixels.get(c, 0) > 0]
+            cid = present[int(rng.integers(len(present)))]
+            supports = _draw_supports(rng, candidates[cid], query, shot, adapter, cid, split)
+            episodes.append(Episode(episode_id, cid, query, supports))
+    else:
+        rng = np.random.default_rng([episode_seed, fold, shot, 0, SAMPLERS.index(sampler)])
+        for cid in classes:
+            for query in candidates[cid]:
+                supports = _draw_supports(rng, candidates[cid], query, shot, adapter, cid, split)
+                episodes.append(Episode(len(episodes), cid, query, supports))
     header = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "dataset": adapter.registry_name,
@@ -181,12 +221,33 @@ def build_test_manifest(
         "shot": shot,
         "episode_seed": episode_seed,
         "n_episodes": n_episodes,
+        "sampler": sampler,
         "split": split,
         "min_object_px": min_object_px,
         "index_sha256": adapter.fingerprint(split),
         "novel_classes": classes,
     }
     return EpisodeManifest(header, episodes)
+
+
+def _draw_supports(
+    rng: np.random.Generator,
+    candidates: list[str],
+    query: str,
+    shot: int,
+    adapter: DatasetAdapter,
+    class_id: int,
+    split: str,
+) -> tuple[str, ...]:
+    """``shot`` distinct supports of the class other than the query."""
+    others = [i for i in candidates if i != query]
+    if len(others) < shot:
+        raise DataError(
+            f"class {class_id} ({adapter.class_name(class_id)}) has {len(others)} support image(s) other "
+            f"than query {query!r} in split {split!r}, needs {shot}"
+        )
+    picks = rng.choice(len(others), size=shot, replace=False)
+    return tuple(others[i] for i in picks)
 
 
 def _options_dict(adapter: DatasetAdapter) -> dict[str, Any]:
@@ -219,6 +280,12 @@ class TrainEpisodeSampler:
         self.classes = adapter.base_classes(fold)
         exclude = set(adapter.novel_classes(fold)) if train_filter == "remove_novel" else None
         self.candidates = _candidates_per_class(adapter, split, self.classes, shot, min_object_px, exclude)
+
+    @property
+    def training_images(self) -> list[str]:
+        """The fold's filtered training list: images serving at least one base class (PFENet's
+        ``make_dataset`` list, whose length defines an epoch)."""
+        return sorted(set().union(*self.candidates.values()))
 
     def episode(self, index: int) -> Episode:
         rng = np.random.default_rng([self.train_seed, index])

@@ -25,7 +25,9 @@ def build_method(cfg: ExperimentConfig) -> FewShotMethod:
     """The configured method, initialised from ``train.train_seed`` (same seed ⇒ same weights)."""
     method_cls = METHODS.get(cfg.method.name)
     params = method_cls.resolve_params(cfg.method.variant, cfg.method.params)
-    spec = from_dict(BackboneSpec, dataclasses.asdict(cfg.backbone), "config.backbone")
+    backbone = dataclasses.asdict(cfg.backbone)
+    backbone["frozen_bn"] = effective_recipe(cfg).frozen_bn
+    spec = from_dict(BackboneSpec, backbone, "config.backbone")
     if spec.weights == "fold_pretrained":
         path = cfg.pretrained_backbone_path
         if not path.is_file():
@@ -48,7 +50,26 @@ def effective_recipe(cfg: ExperimentConfig) -> TrainRecipe:
     }
     if "lr_steps" in overrides:
         overrides["lr_steps"] = tuple(overrides["lr_steps"])
+    if cfg.train.iterations is not None and cfg.train.epochs is None:
+        overrides["epochs"] = None  # explicit iterations replace the recipe's length in epochs
+    if cfg.backbone.frozen_bn is not None:
+        overrides["frozen_bn"] = cfg.backbone.frozen_bn
     return dataclasses.replace(recipe, **overrides)
+
+
+def iterations_for_epochs(epochs: int, n_images: int, batch_size: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``n_images`` in batches, the last partial batch dropped.
+
+    PFENet's ``train.py`` builds its loader with ``drop_last=True`` and sets
+    ``max_iter = epochs * len(train_loader)``, i.e. ``epochs * floor(n_images / batch_size)``.
+    """
+    per_epoch = n_images // batch_size
+    if per_epoch < 1:
+        raise ConfigError(
+            f"train.epochs: the filtered training list has {n_images} image(s), fewer than one batch of "
+            f"{batch_size}; lower train.batch_size or give train.iterations"
+        )
+    return epochs * per_epoch
 
 
 def build_optimizer(method: FewShotMethod, recipe: TrainRecipe) -> torch.optim.Optimizer:
@@ -96,6 +117,11 @@ def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     train = dict(data["train"])
     for key in ("checkpoint_every", "log_every", "num_workers", "device"):
         train.pop(key)
+    # A length in epochs (the config's or the recipe's) decides the iterations from the data; the
+    # resolved config written next to the run states both, the config given by the user maybe neither.
+    train["epochs"] = effective_recipe(cfg).epochs
+    if train["epochs"] is not None:
+        train.pop("iterations")
     return {
         "fold": data["fold"],
         "method": data["method"],

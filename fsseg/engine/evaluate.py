@@ -46,9 +46,10 @@ def ensure_manifest(
             cfg.eval.n_episodes,
             split=cfg.eval.split,
             min_object_px=cfg.dataset.min_object_px,
+            sampler=cfg.eval.sampler,
         )
         manifest.save(path)
-    manifest.check_matches(adapter, cfg.fold)
+    manifest.check_matches(adapter, cfg.fold, cfg.eval.sampler)
     return manifest
 
 
@@ -170,6 +171,8 @@ def evaluate(
         "shot": cfg.eval.shot,
         "train_seed": cfg.train.train_seed,
         "episode_seed": cfg.eval.episode_seed,
+        "sampler": manifest.header.get("sampler", "balanced"),
+        "n_test_episodes": len(records),
         "manifest_hash": manifest_hash,
         "image_size": cfg.dataset.image_size,
         "label_resolution": cfg.dataset.label_resolution,

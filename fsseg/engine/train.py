@@ -13,6 +13,7 @@ Outputs in the run folder (``ExperimentConfig.run_dir``):
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -36,6 +37,7 @@ from fsseg.engine.build import (
     build_optimizer,
     build_scheduler,
     effective_recipe,
+    iterations_for_epochs,
     run_id,
     training_identity,
 )
@@ -105,12 +107,22 @@ def train(
     if (run_dir / SUMMARY).is_file() and (run_dir / MODEL).is_file():
         print(f"fsseg: {run_dir} is already trained; nothing to do", file=sys.stderr)
         return run_dir
+    adapter = build_dataset(cfg)
+    sampler = TrainEpisodeSampler(
+        adapter,
+        cfg.fold,
+        cfg.train.shot,
+        cfg.train.train_seed,
+        cfg.dataset.train_filter,
+        cfg.dataset.min_object_px,
+        split=adapter.train_split,
+    )
+    cfg, length = resolve_length(cfg, len(sampler.training_images))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(run_dir / "config.yaml", cfg.to_dict())
 
     device = resolve_device(cfg.train.device)
     recipe = effective_recipe(cfg)
-    adapter = build_dataset(cfg)
     method = build_method(cfg).to(device)
     total = recipe.iterations if method.is_trainable else 0
     optimizer = build_optimizer(method, recipe) if method.is_trainable else None
@@ -139,16 +151,7 @@ def train(
     validator = (
         _Validator(cfg, adapter, method, device) if cfg.train.selection == "best_val" and total else None
     )
-    sampler = TrainEpisodeSampler(
-        adapter,
-        cfg.fold,
-        cfg.train.shot,
-        cfg.train.train_seed,
-        cfg.dataset.train_filter,
-        cfg.dataset.min_object_px,
-        split=adapter.train_split,
-    )
-    episodes = TrainEpisodes(sampler, cfg.dataset.image_size, cfg.train.augment, total * recipe.batch_size)
+    episodes = TrainEpisodes(sampler, cfg.dataset.image_size, recipe.augment, total * recipe.batch_size)
     loader = DataLoader(
         episodes,
         batch_size=recipe.batch_size,
@@ -160,7 +163,8 @@ def train(
     )
     print(
         f"fsseg: training {cfg.run_name} on {describe_device(device)}: {total} iterations × "
-        f"{recipe.batch_size} episodes, {recipe.optimizer} lr {recipe.lr:g} ({recipe.schedule})",
+        f"{recipe.batch_size} episodes, {recipe.optimizer} lr {recipe.lr:g} ({recipe.schedule}); "
+        f"{length['length']}; augmentation {recipe.augment}; frozen BatchNorm {recipe.frozen_bn}",
         file=sys.stderr,
     )
     progress = Progress("train", total, start)
@@ -220,8 +224,43 @@ def train(
         if stop_after is not None and iteration >= stop_after and iteration < total:
             return run_dir
     _append_log(run_dir / LOG, log_rows)
-    _finish(cfg, run_dir, method, best, total, time.perf_counter() - started, device)
+    _finish(cfg, run_dir, method, best, total, time.perf_counter() - started, device, length)
     return run_dir
+
+
+def resolve_length(cfg: ExperimentConfig, n_images: int) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """The config with a length in epochs resolved to ``train.iterations`` (and ``train.epochs`` stated),
+    plus the facts of that resolution for the train summary.
+
+    ``n_images`` is the fold's filtered training list. An explicit ``train.iterations`` that disagrees
+    with the epochs is refused.
+    """
+    recipe = effective_recipe(cfg)
+    facts: dict[str, Any] = {
+        "epochs": recipe.epochs,
+        "train_images": n_images,
+        "augment": recipe.augment,
+        "frozen_bn": recipe.frozen_bn,
+    }
+    if recipe.epochs is None:
+        facts["length"] = f"{recipe.iterations} iterations"
+        return cfg, facts
+    iterations = iterations_for_epochs(recipe.epochs, n_images, recipe.batch_size)
+    if cfg.train.iterations is not None and cfg.train.iterations != iterations:
+        raise ConfigError(
+            f"config.train.iterations: {cfg.train.iterations} disagrees with train.epochs {recipe.epochs} "
+            f"on {n_images} training images in batches of {recipe.batch_size} ({iterations} iterations); "
+            "give one of the two"
+        )
+    resolved = copy.deepcopy(cfg)
+    resolved.train.epochs = recipe.epochs
+    resolved.train.iterations = iterations
+    facts["iterations_per_epoch"] = n_images // recipe.batch_size
+    facts["length"] = (
+        f"{recipe.epochs} epochs × {n_images // recipe.batch_size} iterations "
+        f"({n_images} training images // batch {recipe.batch_size})"
+    )
+    return resolved, facts
 
 
 def _append_log(path: Path, rows: list[str]) -> None:
@@ -239,6 +278,7 @@ def _finish(
     total: int,
     seconds: float,
     device: torch.device,
+    length: dict[str, Any],
 ) -> None:
     if cfg.train.selection == "best_val" and best["iteration"] is not None:
         weights = torch.load(run_dir / "model_best.pt", map_location="cpu", weights_only=True)
@@ -254,6 +294,10 @@ def _finish(
         {
             "run_id": run_id(cfg),
             "iterations": total,
+            "epochs": length["epochs"],
+            "train_images": length["train_images"],
+            "augment": length["augment"],
+            "frozen_bn": length["frozen_bn"],
             "train_seconds_this_invocation": round(seconds, 2),
             "device": describe_device(device),
             "selection": selected,

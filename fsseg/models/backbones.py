@@ -37,6 +37,20 @@ def resolve_weights(spec: BackboneSpec) -> Path | None:
     """Path of the weights file to load, checked by sha256, or ``None`` for random initialisation."""
     if spec.weights == "none":
         return None
+    if spec.weights == "imagenet" and spec.name in DEEP_STEM_FILES:
+        file_name = DEEP_STEM_FILES[spec.name]
+        path = torch_hub_checkpoint_dir() / file_name
+        if not path.is_file():
+            raise ConfigError(
+                f"ImageNet weights for {spec.name} are not available offline: put PFENet's file {file_name} "
+                f"(the official deep-stem ResNet, PFENet's initmodel/) at {path} (or set TORCH_HOME, or "
+                "backbone.weights to a file path); fsseg never downloads"
+            )
+        if spec.sha256 and sha256_file(path) != spec.sha256:
+            raise ConfigError(
+                f"backbone.weights: {path} does not have the sha256 {spec.sha256} of backbone.sha256"
+            )
+        return path
     if spec.weights == "imagenet":
         file_name = IMAGENET_FILES[spec.name]
         path = torch_hub_checkpoint_dir() / file_name
@@ -118,11 +132,23 @@ _RESNETS: dict[str, tuple[type[_Basic] | type[_Bottleneck], tuple[int, int, int,
     "resnet18": (_Basic, (2, 2, 2, 2)),
     "resnet50": (_Bottleneck, (3, 4, 6, 3)),
     "resnet101": (_Bottleneck, (3, 4, 23, 3)),
+    "resnet50_deep": (_Bottleneck, (3, 4, 6, 3)),
+    "resnet101_deep": (_Bottleneck, (3, 4, 23, 3)),
 }
+
+#: PSPNet's deep stem (PFENet's model/resnet.py): official key prefix → our ``layer0`` index.
+DEEP_STEM_KEYS = {"conv1": 0, "bn1": 1, "conv2": 3, "bn2": 4, "conv3": 6, "bn3": 7}
+#: The official deep-stem ImageNet files, looked up like torchvision's under $TORCH_HOME/hub/checkpoints.
+DEEP_STEM_FILES = {"resnet50_deep": "resnet50_v2.pth", "resnet101_deep": "resnet101_v2.pth"}
 
 
 def _resnet_stage(
-    block: type[_Basic] | type[_Bottleneck], c_in: int, width: int, blocks: int, stride: int, dilation: int,
+    block: type[_Basic] | type[_Bottleneck],
+    c_in: int,
+    width: int,
+    blocks: int,
+    stride: int,
+    dilation: int,
     previous_dilation: int,
 ) -> nn.Sequential:
     """One ResNet stage; a dilated stage keeps stride 1 and its first block uses the previous dilation
@@ -143,29 +169,55 @@ def _init_resnet(model: nn.Module) -> None:
 
 
 class ResNetBackbone(nn.Module):
+    """torchvision's ResNet, or with ``*_deep`` names PSPNet's deep-stem ResNet that PFENet uses.
+
+    The deep stem (PFENet ``model/resnet.py``) is three 3×3 convolutions 3→64 (stride 2) →64→128, each
+    with BatchNorm and ReLU, then the max-pool; layer1 takes 128 channels. Dilated stages follow
+    PSPNet (PFENet ``model/PFENet.py``): *every* block of a dilated stage, its first included, uses
+    the stage's dilation, where torchvision's scheme keeps the previous dilation in the first block.
+    """
+
     def __init__(self, name: str, output_stride: int) -> None:
         super().__init__()
         block, depths = _RESNETS[name]
+        self.deep_stem = name.endswith("_deep")
         # strides of layer3/layer4 become dilations below output stride 32
         dilate = {8: (False, True, True), 16: (False, False, True), 32: (False, False, False)}[output_stride]
-        self.layer0 = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
-        c_in, dilation = 64, 1
+        if self.deep_stem:
+            self.layer0 = nn.Sequential(
+                nn.Conv2d(3, 64, 3, 2, 1, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(64, 64, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(64, 128, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(128),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
+        else:
+            self.layer0 = nn.Sequential(
+                nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, 2, 1),
+            )
+        stem_channels = 128 if self.deep_stem else 64
+        c_in, dilation = stem_channels, 1
         for index, (width, blocks) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
             stride, previous = (1 if index == 0 else 2), dilation
             if index > 0 and dilate[index - 1]:
                 stride, dilation = 1, dilation * 2
+                if self.deep_stem:
+                    previous = dilation
             stage = _resnet_stage(block, c_in, width, blocks, stride, dilation, previous)
             setattr(self, f"layer{index + 1}", stage)
             c_in = width * block.expansion
         _init_resnet(self)
-        expansion = 4 if name in ("resnet50", "resnet101") else 1
+        expansion = block.expansion
         self.channels = {
-            "layer0": 64,
+            "layer0": stem_channels,
             "layer1": 64 * expansion,
             "layer2": 128 * expansion,
             "layer3": 256 * expansion,
@@ -193,55 +245,72 @@ class ResNetBackbone(nn.Module):
         self.stages = self.stages[:keep]
 
     def torchvision_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """torchvision's ResNet state dict under this module's stage names."""
+        """torchvision's ResNet state dict (or, for a deep stem, the official PSPNet/PFENet
+        ``resnet*_v2.pth`` layout: ``conv1``/``bn1`` … ``conv3``/``bn3``) under this module's names."""
+        stem = DEEP_STEM_KEYS if self.deep_stem else {"conv1": 0, "bn1": 1}
         mapped = OrderedDict()
         for key, value in state.items():
             if key.startswith("fc."):
                 continue
             head, _, rest = key.partition(".")
-            if head in ("conv1", "bn1"):
-                key = f"layer0.{ {'conv1': 0, 'bn1': 1}[head] }.{rest}".replace(" ", "")
+            if head in stem:
+                key = f"layer0.{stem[head]}.{rest}"
+            elif head.startswith(("conv", "bn")):
+                raise ConfigError(
+                    f"backbone weights: key {key!r} does not belong to a "
+                    f"{'deep-stem' if self.deep_stem else 'torchvision'} ResNet"
+                )
             mapped[key] = value
         return mapped
 
+    def official_state(self) -> dict[str, torch.Tensor]:
+        """This backbone's weights under the layout :meth:`torchvision_state` reads (its inverse)."""
+        stem = {
+            index: head
+            for head, index in (DEEP_STEM_KEYS if self.deep_stem else {"conv1": 0, "bn1": 1}).items()
+        }
+        out = OrderedDict()
+        for key, value in self.state_dict().items():
+            if key.startswith("layer0."):
+                _, index, rest = key.split(".", 2)
+                key = f"{stem[int(index)]}.{rest}"
+            out[key] = value
+        return out
 
-def _vgg16_features() -> list[nn.Module]:
-    """VGG-16 (configuration D) convolutional layers, in torchvision's ``features`` order."""
+
+def _vgg16_block(
+    c_in: int, width: int, convs: int, dilation: int = 1, last_relu: bool = True
+) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    c_in = 3
-    for width, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
-        for _ in range(convs):
-            conv = nn.Conv2d(c_in, width, 3, padding=1)
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
-            layers += [conv, nn.ReLU(inplace=True)]
-            c_in = width
-        layers.append(nn.MaxPool2d(2, 2))
+    for index in range(convs):
+        conv = nn.Conv2d(c_in, width, 3, padding=dilation, dilation=dilation)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+        layers.append(conv)
+        if index < convs - 1 or last_relu:
+            layers.append(nn.ReLU(inplace=True))
+        c_in = width
     return layers
 
 
 class VGG16Backbone(nn.Module):
-    """VGG-16 features, PANet-style: pool4 and pool5 keep stride 1 and conv5 is dilated by 2 (OS 8)."""
+    """PANet's VGG-16 encoder (kaixin96/PANet ``models/vgg.py``), output stride 8.
+
+    The 13 convolutions of VGG-16 (configuration D). Pools 1–3 are 3×3 max-pools with stride 2 and
+    padding 1, pool4 is 3×3 with stride 1 and padding 1, conv5 is dilated by 2, there is **no** ReLU
+    after conv5_3 and no pool5. A 417-px input gives 53×53 features (torchvision's 2×2 pools: 52×52).
+    Stages: ``conv1`` … ``conv4`` end with their pool, ``conv5`` with conv5_3.
+    """
 
     def __init__(self, output_stride: int) -> None:
         super().__init__()
         if output_stride != 8:
             raise ConfigError("backbone.output_stride: VGG-16 supports only 8")
-        layers = _vgg16_features()
-        # indices of the max-pool layers in torchvision's vgg16.features
-        pools = [4, 9, 16, 23, 30]
-        layers[23] = nn.MaxPool2d(3, stride=1, padding=1)
-        layers[30] = nn.MaxPool2d(3, stride=1, padding=1)
-        for index in range(24, 29):
-            if isinstance(layers[index], nn.Conv2d):
-                layers[index].dilation = (2, 2)
-                layers[index].padding = (2, 2)
-        bounds = [0, *[p + 1 for p in pools[:3]], 30]
-        self.conv1 = nn.Sequential(*layers[bounds[0] : bounds[1]])
-        self.conv2 = nn.Sequential(*layers[bounds[1] : bounds[2]])
-        self.conv3 = nn.Sequential(*layers[bounds[2] : bounds[3]])
-        self.conv4 = nn.Sequential(*layers[bounds[3] : 24])
-        self.conv5 = nn.Sequential(*layers[24:30])
+        self.conv1 = nn.Sequential(*_vgg16_block(3, 64, 2), nn.MaxPool2d(3, 2, 1))
+        self.conv2 = nn.Sequential(*_vgg16_block(64, 128, 2), nn.MaxPool2d(3, 2, 1))
+        self.conv3 = nn.Sequential(*_vgg16_block(128, 256, 3), nn.MaxPool2d(3, 2, 1))
+        self.conv4 = nn.Sequential(*_vgg16_block(256, 512, 3), nn.MaxPool2d(3, 1, 1))
+        self.conv5 = nn.Sequential(*_vgg16_block(512, 512, 3, dilation=2, last_relu=False))
         self.channels = {"conv1": 64, "conv2": 128, "conv3": 256, "conv4": 512, "conv5": 512}
         self.stages = list(self.channels)
 
@@ -249,7 +318,8 @@ class VGG16Backbone(nn.Module):
     truncate = ResNetBackbone.truncate
 
     def torchvision_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """torchvision's vgg16 ``features.*`` weights under this module's names, in layer order."""
+        """torchvision's vgg16 ``features.*`` weights under this module's names, in layer order (as
+        PANet loads its initial weights: the first 26 tensors, by position)."""
         own = list(self.state_dict())
         theirs = [k for k in state if k.startswith("features.")]
         if len(own) > len(theirs) or (len(own) == len(self.state_dict()) and len(theirs) != 26):
@@ -265,7 +335,7 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
     """Build the backbone and load its weights (ImageNet, an fsseg pretraining file, or none)."""
     if spec.name == "vgg16":
         model: Backbone = VGG16Backbone(spec.output_stride)
-    elif spec.name in ("resnet18", "resnet50", "resnet101"):
+    elif spec.name in _RESNETS:
         model = ResNetBackbone(spec.name, spec.output_stride)
     else:
         raise ConfigError(f"backbone.name: unknown backbone {spec.name!r}")

@@ -56,6 +56,23 @@ def _min_object_text(min_object_px: int) -> str:
     return f"an image serves a class only where the class covers at least {min_object_px} px"
 
 
+PROTOCOL_NAMES = {
+    "H": "SDM/SCCNet/MGCL: novel-class training pixels kept as background, every test pair once",
+    "B": "BAM/DMNet/R2Net: training images with novel classes removed, 1000 episodes per seed",
+}
+
+
+def _episodes_text(protocol: dict[str, Any]) -> str:
+    sampler = protocol.get("sampler", "balanced")
+    if sampler == "all_pairs":
+        return "every (image, novel class) pair once per fold and episode seed (random supports)"
+    how = {
+        "balanced": "classes in balanced rounds",
+        "pfenet": "PFENet's sampler: the query list walked in order, class drawn among those in the query",
+    }[sampler]
+    return f"{protocol['n_episodes']} test episodes per fold and episode seed ({how})"
+
+
 def protocol_text(protocol: dict[str, Any]) -> str:
     """One paragraph naming every protocol fact of ``protocol.json``."""
     options = protocol.get("dataset_options") or {}
@@ -67,12 +84,18 @@ def protocol_text(protocol: dict[str, Any]) -> str:
         else f"labels resized to the {size}×{size} input"
     )
     weights = join(protocol.get("backbone_weights", []))
+    own_sizes = {k: v for k, v in (protocol.get("image_sizes") or {}).items() if v != size}
+    size_text = f"input {size}×{size} px" + (
+        " (" + join(f"{k} {v}×{v} px" for k, v in sorted(own_sizes.items())) + ")" if own_sizes else ""
+    )
+    name = protocol.get("protocol")
+    named = f"protocol {name} ({PROTOCOL_NAMES[name]}); " if name in PROTOCOL_NAMES else ""
     return (
-        f"Protocol: dataset {protocol['dataset']}{options_text}, folds {join(protocol['folds'])}; "
-        f"{protocol['n_episodes']} test episodes per fold and episode seed from the "
+        f"Protocol: {named}dataset {protocol['dataset']}{options_text}, folds {join(protocol['folds'])}; "
+        f"{_episodes_text(protocol)} from the "
         f"{protocol['eval_split']} split, the same saved episodes for every method; "
         f"episode seeds {join(protocol['episode_seeds'])}; train seeds {join(protocol['train_seeds'])}; "
-        f"input {size}×{size} px, {resolution}; {_filter_text(protocol['train_filter'])}; "
+        f"{size_text}, {resolution}; {_filter_text(protocol['train_filter'])}; "
         f"{_min_object_text(protocol['min_object_px'])}; "
         f"{_selection_text(protocol['checkpoint_selection'])}; "
         f"backbone {join(protocol.get('backbones', []))} (weights: {weights})."

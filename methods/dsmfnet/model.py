@@ -76,7 +76,15 @@ class DSMFNetParams:
     high_stage: str = opt(
         "auto", help="high-level stage for the prior; auto = the deepest stage the backbone keeps"
     )
-    num_node: int = opt(0, help="GloRe nodes per stage (states = 2 × nodes); 0 = stage channels // 8", ge=0)
+    num_node: int = opt(
+        0, help="GloRe nodes per stage (states = 2 × nodes); 0 = stage channels // node_divisor", ge=0
+    )
+    node_divisor: int = opt(
+        8,
+        help="with num_node 0: nodes = stage channels // node_divisor; 4 is GloRe's own ResNet-50 ratio "
+        "(128 nodes on 512 channels, 256 on 1,024; config/paper.yaml uses it), 8 the CPU default's",
+        choices=(4, 8),
+    )
     reduce_dim: int = opt(256, help="channels of the reduced per-level features and the classifier", ge=1)
     dropout: float = opt(
         0.5, help="Dropout2d after the per-level 1×1 reductions (PFENet's value)", ge=0.0, le=1.0
@@ -122,7 +130,8 @@ RECIPES = {
     "official": replace(
         PFENET_RECIPES["official"],
         description="our paper-scale choice (the paper gives none): PFENet's official recipe, SGD momentum "
-        "0.9, lr 0.025, wd 1e-4, poly 0.9, batch 4, 200 epochs (~1,400 iterations each)",
+        "0.9, lr 0.025, wd 1e-4, poly 0.9, batch 4, 200 epochs of the fold's filtered training list, "
+        "PFENet's augmentation, frozen backbone BatchNorm on batch statistics",
     ),
     # The CPU recipe shares PFENet's optimizer settings (Adam 3e-3, wd 1e-4, poly 0.9); DSMF-Net's
     # head did as well with 150 steps of 8 episodes as with more (methods/dsmfnet/README.md).
@@ -174,7 +183,7 @@ class DSMFNet(FewShotMethod):
         self.glore = nn.ModuleDict()
         for name in params.stages:
             if params.gpml == "graph" or (sff_on_graph and name in self.sff_stages):
-                nodes = params.num_node or max(channels[name] // 8, 1)
+                nodes = params.num_node or max(channels[name] // params.node_divisor, 1)
                 self.glore[name] = GloReUnit(channels[name], num_node=nodes)
 
         self.n_maps = (len(params.stages) if params.gpml != "off" else 0) + (1 if params.prior == "on" else 0)

@@ -47,8 +47,9 @@ class PANet(FewShotMethod):
             lr_gamma=0.1,
             iterations=30_000,
             batch_size=1,
+            augment="panet",
             description="official PANet: SGD 1e-3, momentum 0.9, wd 5e-4, 30k steps, "
-            "×0.1 at 10k and 20k, batch 1",
+            "×0.1 at 10k and 20k, batch 1; resize to the input + random mirror",
         ),
         "synthetic": TrainRecipe(
             optimizer="sgd",

@@ -25,13 +25,13 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
     method=r"[a-z0-9_]+",
     variant=r"[a-z0-9_]+",
-    backbone=r"[a-z0-9]+",
+    backbone=r"[a-z0-9_]+",
     fold=r"\d+",
     train_shot=r"\d+",
     train_seed=r"\d+",
     shot=r"\d+",
     episode_seed=r"\d+",
-    n_episodes=r"\d+",
+    n_episodes=r"\d+|all",
     pretrain_seed=r"\d+",
 
 
@@ -50,6 +50,8 @@ def _load_experiments():
                 f"config datasets.{tag}: output_root of {entry['experiment']} is {cfg.output_root!r}, "
                 f"the workflow's results folder is {RESULTS!r}; make them equal"
             )
+        # the grid's episode count must fit the experiment's sampler / protocol (e.g. 'all' for protocol H)
+        load_config([entry["experiment"]], [f"eval.n_episodes={GRID['n_episodes']}"])
         if entry.get("pretrain_backbone") != (cfg.backbone.weights == "fold_pretrained"):
             raise ValueError(
                 f"config datasets.{tag}: pretrain_backbone must be true exactly when the experiment's "
