@@ -63,15 +63,35 @@ def cmd_episodes(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from fsseg.engine.evaluate import evaluate
+    from fsseg.engine.evaluate import evaluate, evaluate_run
+    from fsseg.errors import ConfigError
 
-    out = evaluate(
-        _load(args),
-        Path(args.manifest) if args.manifest else None,
-        untrained=args.untrained,
-        diagnose=args.diagnose,
+    cfg = _load(args)
+    if args.shots is None and args.episode_seeds is None:
+        out = evaluate(
+            cfg,
+            Path(args.manifest) if args.manifest else None,
+            untrained=args.untrained,
+            diagnose=args.diagnose,
+        )
+        print(out)
+        return
+    if args.manifest:
+        raise ConfigError(
+            "--manifest names one manifest; with --shots/--episode-seeds the manifests are "
+            "the default ones of each shot and episode seed (output_root/manifests/...)"
+        )
+    shots = args.shots or [cfg.eval.shot]
+    diagnose_shots = (
+        args.diagnose_shots if args.diagnose_shots is not None else (shots if args.diagnose else [])
     )
-    print(out)
+    unknown = sorted(set(diagnose_shots) - set(shots))
+    if unknown:
+        raise ConfigError(f"--diagnose-shots {unknown} are not among --shots {shots}")
+    for out in evaluate_run(
+        cfg, shots, args.episode_seeds or [cfg.eval.episode_seed], diagnose_shots, untrained=args.untrained
+    ):
+        print(out)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -226,6 +246,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--diagnose",
         action="store_true",
         help="also score support swap, base-class episodes and the method's probes (diagnostics.json)",
+    )
+    p.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        help="evaluate every one of these test shots (one process, one output "
+        "folder each; default: eval.shot)",
+    )
+    p.add_argument(
+        "--episode-seeds", type=int, nargs="+", help="… and these episode seeds (default: eval.episode_seed)"
+    )
+    p.add_argument(
+        "--diagnose-shots",
+        type=int,
+        nargs="*",
+        help="the shots whose evaluations also write diagnostics.json "
+        "(default: all with --diagnose, none without)",
     )
     p.set_defaults(func=cmd_evaluate)
 

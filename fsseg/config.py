@@ -90,6 +90,9 @@ class TrainConfig:
     lr_steps: list[int] | None = opt(None, help="iterations at which a step schedule multiplies by lr_gamma")
     lr_gamma: float | None = opt(None, help="step-schedule factor", gt=0, le=1)
     poly_power: float | None = opt(None, help="poly-schedule exponent", gt=0)
+    warmup: int | None = opt(
+        None, help="iterations of linear learning-rate warm-up from lr/warmup (0 = none)", ge=0
+    )
     epochs: int | None = opt(
         None,
         help="training length in epochs of the fold's filtered training list (images with a base-class "

@@ -38,6 +38,7 @@ class TrainRecipe:
     lr_steps: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     poly_power: float = 0.9
+    warmup: int = 0
     iterations: int = 1000
     batch_size: int = 4
     epochs: int | None = None

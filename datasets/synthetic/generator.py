@@ -34,12 +34,16 @@ only objects of the auxiliary classes below, which belong to no fold: the backbo
 them once for every fold, as ImageNet serves the real benchmarks."""
 PRETRAIN_SPLIT = "pretrain"
 
-# Auxiliary classes of the pretraining split: every (shape, texture) pairing that no benchmark class
-# uses. Each shares its shape with one benchmark class and its texture with another, so a backbone that
-# tells them apart has learned shape and texture features that also tell the benchmark's novel classes
-# apart, without ever having seen one of them. Label id = position + 1.
+# Auxiliary classes of the pretraining split: (shape, texture) pairings that no benchmark class uses,
+# each benchmark shape with the textures of the next two classes. Two auxiliary classes share each
+# shape (told apart by texture alone) and two share each texture (told apart by shape alone), so a
+# backbone that separates them has learned shape and texture features that also separate the
+# benchmark's novel classes, without ever having seen one of them. Label id = position + 1.
+AUXILIARY_TEXTURE_OFFSETS = (1, 2)
 AUXILIARY_CLASSES: tuple[tuple[int, int], ...] = tuple(
-    (shape, texture) for shape in range(NUM_CLASSES) for texture in range(NUM_CLASSES) if texture != shape
+    (shape, (shape + offset) % NUM_CLASSES)
+    for offset in AUXILIARY_TEXTURE_OFFSETS
+    for shape in range(NUM_CLASSES)
 )
 
 # Object sizes are given for a 96 px image and scale linearly with the image side.

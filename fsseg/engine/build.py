@@ -92,12 +92,13 @@ def build_optimizer(method: FewShotMethod, recipe: TrainRecipe) -> torch.optim.O
 
 def lr_factor(recipe: TrainRecipe, iteration: int) -> float:
     """Multiplier of every group's initial learning rate at ``iteration`` (0-based)."""
+    warm = min(1.0, (iteration + 1) / recipe.warmup) if recipe.warmup else 1.0
     if recipe.schedule == "constant":
-        return 1.0
+        return warm
     if recipe.schedule == "step":
-        return recipe.lr_gamma ** sum(iteration >= s for s in recipe.lr_steps)
+        return warm * recipe.lr_gamma ** sum(iteration >= s for s in recipe.lr_steps)
     if recipe.schedule == "poly":
-        return (1.0 - iteration / max(recipe.iterations, 1)) ** recipe.poly_power
+        return warm * (1.0 - iteration / max(recipe.iterations, 1)) ** recipe.poly_power
     raise ValueError(f"unknown schedule {recipe.schedule!r}")
 
 

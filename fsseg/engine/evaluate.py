@@ -6,6 +6,7 @@ Outputs (``ExperimentConfig.eval_dir``): ``records.csv`` (one row per episode), 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -117,24 +118,56 @@ def load_trained(cfg: ExperimentConfig, device: torch.device) -> FewShotMethod:
     return method.to(device)
 
 
+def evaluate_run(
+    cfg: ExperimentConfig,
+    shots: list[int],
+    episode_seeds: list[int],
+    diagnose_shots: list[int] | None = None,
+    untrained: bool = False,
+) -> list[Path]:
+    """Every evaluation of one trained run (each test shot × episode seed) in one process.
+
+    The weights and the dataset index are loaded once; each evaluation still gets its own output
+    folder, identical to what a separate ``evaluate`` call writes. ``diagnose_shots`` are the shots
+    whose evaluations also write ``diagnostics.json``.
+    """
+    device = resolve_device(cfg.eval.device)
+    adapter = build_dataset(cfg)
+    method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
+    outs = []
+    for shot in shots:
+        for seed in episode_seeds:
+            one = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, shot=shot, episode_seed=seed))
+            diagnose = shot in (diagnose_shots or [])
+            outs.append(evaluate(one, untrained=untrained, diagnose=diagnose, method=method, adapter=adapter))
+    return outs
+
+
 def evaluate(
-    cfg: ExperimentConfig, manifest_file: Path | None = None, untrained: bool = False, diagnose: bool = False
+    cfg: ExperimentConfig,
+    manifest_file: Path | None = None,
+    untrained: bool = False,
+    diagnose: bool = False,
+    method: FewShotMethod | None = None,
+    adapter: DatasetAdapter | None = None,
 ) -> Path:
     """Evaluate the trained run of ``cfg`` on its test manifest; returns the output folder.
 
     ``untrained`` evaluates the freshly initialised method (the "before training" reference);
     ``diagnose`` also writes ``diagnostics.json`` (support swap, base classes, the method's probes;
-    see :mod:`fsseg.engine.diagnose`).
+    see :mod:`fsseg.engine.diagnose`). ``method`` and ``adapter``, when given, are the already loaded
+    run (:func:`evaluate_run` passes them).
     """
     device = resolve_device(cfg.eval.device)
-    adapter = build_dataset(cfg)
+    adapter = adapter or build_dataset(cfg)
     manifest = ensure_manifest(cfg, adapter, manifest_file)
     if manifest.header["shot"] != cfg.eval.shot:
         raise FssegError(
             f"manifest {manifest_file} has shot {manifest.header['shot']}, "
             f"config eval.shot is {cfg.eval.shot}"
         )
-    method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
+    if method is None:
+        method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
     out_dir = cfg.eval_dir if not untrained else cfg.eval_dir.with_name(cfg.eval_dir.name + "_untrained")
     timing: dict[str, float] = {}
     started = time.perf_counter()

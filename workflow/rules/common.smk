@@ -17,6 +17,7 @@ FLAGSHIP = config["flagship"]
 FLAGSHIP.setdefault("variant", "default")
 METHOD_OVERRIDES = config.get("method_overrides", {}) or {}
 STATS = config.get("statistics", {}) or {}
+DIAGNOSTICS = config.get("diagnostics", {}) or {}
 BENCH = config.get("bench", {}) or {}
 QUALITATIVE = config.get("qualitative", {}) or {}
 
@@ -33,6 +34,7 @@ wildcard_constraints:
     episode_seed=r"\d+",
     n_episodes=r"\d+|all",
     pretrain_seed=r"\d+",
+    pretrain_scope=r"fold\d+|auxiliary",
 
 
 def _load_experiments():
@@ -83,8 +85,23 @@ def dataset_folds(tag):
     return config["datasets"][tag].get("folds", GRID["folds"])
 
 
+def _check_ablation_shots():
+    extra = sorted(set(ABLATIONS.get("test_shots", [])) - set(GRID["test_shots"]))
+    if extra:
+        raise ValueError(
+            f"config ablations.test_shots {extra} are not among grid.test_shots {GRID['test_shots']}: every "
+            "run is evaluated at the grid's test shots, and ablations.test_shots selects what the ablation "
+            "table shows"
+        )
+
+
+_check_ablation_shots()
+
+
 def runs(tag):
-    """(method, variant, fold, train_shot, train_seed, test_shots) of every training run of a dataset."""
+    """(method, variant, fold, train_shot, train_seed, test_shots) of every training run of a dataset.
+
+    Every run is evaluated at every test shot of the grid, in one process (rule evaluate)."""
     out = []
     for method, variants in GRID["methods"].items():
         for variant in variants:
@@ -93,7 +110,7 @@ def runs(tag):
                     for seed in GRID["train_seeds"]:
                         out.append((method, variant, fold, train_shot, seed, tuple(GRID["test_shots"])))
     ablation_folds = ABLATIONS.get("folds", dataset_folds(tag))
-    ablation_shots = tuple(ABLATIONS.get("test_shots", GRID["test_shots"]))
+    ablation_shots = tuple(GRID["test_shots"])
     for variant in ABLATIONS.get("variants", []):
         for fold in ablation_folds:
             for train_shot in GRID["train_shots"]:
@@ -138,7 +155,7 @@ def wildcard_pattern(template):
     """A template with every field a wildcard (the form rules declare as outputs)."""
     names = ["output_root", "dataset", "method", "variant", "backbone", "fold", "train_shot",
              "train_seed", "shot", "episode_seed", "n_episodes", "split", "min_object_px",
-             "pretrain_seed"]
+             "pretrain_seed", "pretrain_scope"]
     fields = {n: "{" + n + "}" for n in names}
     fields["output_root"] = RESULTS
     return template.format(**fields)
@@ -175,10 +192,37 @@ def train_args(wildcards):
 
 
 def eval_args(wildcards):
+    """One process evaluates the run at every test shot and episode seed (and diagnoses DIAGNOSE_SHOTS)."""
     pairs = [("fold", wildcards.fold), ("train.shot", wildcards.train_shot),
-             ("train.train_seed", wildcards.train_seed), ("eval.shot", wildcards.shot),
-             ("eval.episode_seed", wildcards.episode_seed), ("eval.n_episodes", wildcards.n_episodes)]
-    return _sets(pairs + _method_sets(wildcards))
+             ("train.train_seed", wildcards.train_seed), ("eval.n_episodes", wildcards.n_episodes)]
+    shots = " ".join(map(str, GRID["test_shots"]))
+    seeds = " ".join(map(str, GRID["episode_seeds"]))
+    diagnose = " ".join(map(str, DIAGNOSE_SHOTS))
+    return (f"--shots {shots} --episode-seeds {seeds} --diagnose-shots {diagnose} "
+            + _sets(pairs + _method_sets(wildcards)))
+
+
+DIAGNOSE_SHOTS = [s for s in DIAGNOSTICS.get("shots", [GRID["test_shots"][0]]) if s in GRID["test_shots"]]
+
+
+def run_eval_dir(shot, episode_seed):
+    """EVAL_DIR of the run's wildcards with the shot and the episode seed fixed."""
+    return EVAL_DIR.replace("{shot}", str(shot)).replace("{episode_seed}", str(episode_seed))
+
+
+def run_eval_outputs(name):
+    """The evaluate rule's outputs: ``name`` in every evaluation folder of the run."""
+    return [run_eval_dir(shot, seed) + "/" + name for shot in GRID["test_shots"] for seed in GRID["episode_seeds"]]
+
+
+def run_diagnostics_outputs():
+    return [run_eval_dir(shot, seed) + "/diagnostics.json" for shot in DIAGNOSE_SHOTS
+            for seed in GRID["episode_seeds"]]
+
+
+def run_manifests(wildcards):
+    return [MANIFEST.format(**path_fields(wildcards.dataset, fold=wildcards.fold, shot=shot, episode_seed=seed))
+            for shot in GRID["test_shots"] for seed in GRID["episode_seeds"]]
 
 
 def manifest_args(wildcards):
@@ -188,7 +232,13 @@ def manifest_args(wildcards):
 
 
 def pretrain_args(wildcards):
-    return _sets([("fold", wildcards.fold)])
+    """The fold of a base-class backbone; an auxiliary one (shared by every fold) needs none."""
+    scope = wildcards.pretrain_scope
+    return _sets([("fold", scope[len("fold"):])]) if scope.startswith("fold") else ""
+
+
+def pretrain_scope(tag, fold):
+    return "auxiliary" if EXPERIMENTS[tag].pretrain.classes == "auxiliary" else f"fold{fold}"
 
 
 PREPARED_ROOTS = {str(Path(cfg.dataset.root)): tag for tag, cfg in EXPERIMENTS.items()}
@@ -207,7 +257,8 @@ def backbone_input(wildcards):
     """The fold's pretrained backbone when the dataset uses one, else nothing."""
     if not config["datasets"][wildcards.dataset].get("pretrain_backbone", False):
         return []
-    return BACKBONE.format(**path_fields(wildcards.dataset, fold=wildcards.fold, backbone=wildcards.backbone))
+    return BACKBONE.format(**path_fields(wildcards.dataset, fold=wildcards.fold, backbone=wildcards.backbone,
+                                         pretrain_scope=pretrain_scope(wildcards.dataset, wildcards.fold)))
 
 
 def train_done(wildcards):

@@ -26,7 +26,7 @@ rule pretrain:
         sets=pretrain_args,
     priority: 20
     log:
-        f"{LOGS}/{{dataset}}/pretrain/{{backbone}}_fold{{fold}}_seed{{pretrain_seed}}.log",
+        f"{LOGS}/{{dataset}}/pretrain/{{backbone}}_{{pretrain_scope}}_seed{{pretrain_seed}}.log",
     threads: 1
     resources:
         gpu=1,

@@ -17,26 +17,29 @@ rule manifest:
         "fsseg episodes -c {input.experiment} {params.sets} --out {output} > {log} 2>&1"
 
 
+# One job per trained run: every test shot and episode seed in one process (the weights and the index
+# are loaded once; process start-up was as long as a 100-episode loop), one output folder each; the
+# DIAGNOSE_SHOTS evaluations also write diagnostics.json (support swap, base classes, probes).
 rule evaluate:
     input:
-        trained=train_done,
-        manifest=manifest_input,
+        trained=RUN_DIR + "/train_summary.json",
+        manifests=run_manifests,
         experiment=experiment_file,
     output:
-        summary=EVAL_DIR + "/summary.json",
-        records=EVAL_DIR + "/records.csv",
+        summaries=run_eval_outputs("summary.json"),
+        records=run_eval_outputs("records.csv"),
+        diagnostics=run_diagnostics_outputs(),
     params:
         sets=eval_args,
     log:
-        f"{LOGS}/{{dataset}}/evaluate/{{method}}-{{variant}}_{{backbone}}_fold{{fold}}_shot{{train_shot}}_seed{{train_seed}}_test{{shot}}_ep{{episode_seed}}_n{{n_episodes}}.log",
+        f"{LOGS}/{{dataset}}/evaluate/{{method}}-{{variant}}_{{backbone}}_fold{{fold}}_shot{{train_shot}}_seed{{train_seed}}_n{{n_episodes}}.log",
     threads: 1
     resources:
         gpu=1,
         mem_mb=8000,
-        runtime=120,
+        runtime=240,
     shell:
-        "OMP_NUM_THREADS={threads} fsseg evaluate -c {input.experiment} {params.sets} "
-        "--manifest {input.manifest} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fsseg evaluate -c {input.experiment} {params.sets} > {log} 2>&1"
 
 
 rule bench:
