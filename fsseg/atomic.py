@@ -17,6 +17,12 @@ from typing import IO, Any
 
 import yaml
 
+from fsseg.errors import OutputError
+from fsseg.oserrors import describe_os_error
+
+#: Temporary files of :func:`atomic_open` are named ``.<target name>.<random>.tmp``.
+TEMP_SUFFIX = ".tmp"
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -> Iterator[IO]:
@@ -25,20 +31,27 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", fsync: bool = True) ->
     The rename alone guarantees that a killed process never leaves a half-written file under the
     final name; ``fsync`` adds durability across a power loss. Bulk writers of many small files
     pass ``fsync=False`` and call ``os.sync()`` once before writing the file that marks completion.
+    An operating-system error (disk full, read-only folder, no permission) removes the temporary
+    file and raises :class:`~fsseg.errors.OutputError` naming ``path``; a file already at ``path``
+    is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+    except BaseException as err:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+        if isinstance(err, OSError):
+            raise OutputError(describe_os_error(err, path)) from err
         raise
 
 

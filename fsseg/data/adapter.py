@@ -120,6 +120,11 @@ class DatasetAdapter:
     def prepare_from_args(cls, args: Any) -> None:
         raise DataError(f"dataset {cls.registry_name!r} has no prepare step")
 
+    @classmethod
+    def prepare_output(cls, args: Any) -> Path:
+        """The folder ``fsseg prepare`` writes for these arguments (locked while it runs)."""
+        return Path(args.root)
+
     # --- classes and folds -----------------------------------------------------------------------
     @classmethod
     def fold_classes(cls, options: Any) -> list[list[int]]:
