@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -25,7 +26,13 @@ from typing import Any, ClassVar
 from datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
 from datasets.synthetic.generator import SPLITS, GenerationParams, encode_png, generate_sample
 from fsseg.atomic import write_bytes
-from fsseg.data.adapter import DESCRIPTOR, DatasetAdapter, build_index_entry, write_index
+from fsseg.data.adapter import (
+    DESCRIPTOR,
+    INDEX_FORMAT_VERSION,
+    DatasetAdapter,
+    build_index_entry,
+    write_index,
+)
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
 
@@ -195,10 +202,15 @@ def _write_images(
         image_id = f"{split}_{image_index:05d}"
         image_rel = f"images/{split}/{image_id}.png"
         mask_rel = f"masks/{split}/{image_id}.png"
+        image_png, mask_png = encode_png(image), encode_png(mask)
         # no per-file fsync: the renames keep files whole, and prepare syncs once before the index
-        write_bytes(root / image_rel, encode_png(image), fsync=False)
-        write_bytes(root / mask_rel, encode_png(mask), fsync=False)
-        rows.append(build_index_entry(image_id, image_rel, mask_rel, mask, NUM_CLASSES))
+        write_bytes(root / image_rel, image_png, fsync=False)
+        write_bytes(root / mask_rel, mask_png, fsync=False)
+        row = build_index_entry(image_id, image_rel, mask_rel, mask, NUM_CLASSES)
+        # the checksums of the bytes just written, so write_index need not read the files back
+        row["image_sha256"] = hashlib.sha256(image_png).hexdigest()
+        row["mask_sha256"] = hashlib.sha256(mask_png).hexdigest()
+        rows.append(row)
     return rows
 
 
@@ -231,6 +243,12 @@ def _read_existing_options(root: Path) -> dict[str, Any] | None:
             f"{root} holds the prepared dataset {descriptor.get('dataset')!r}; choose an empty folder or one "
             "prepared for 'synthetic'"
         )
+    if descriptor.get("format_version") != INDEX_FORMAT_VERSION:
+        # An index of an older format (no file checksums) is rewritten: regenerating the same seed
+        # gives the same files. The descriptor goes first, so a killed rerun is not taken as complete.
+        print(f"synthetic: {root} has an index of an older format; regenerating it", file=sys.stderr)
+        path.unlink()
+        return None
     return dict(descriptor.get("options", {}))
 
 
