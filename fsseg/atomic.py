@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,27 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", fsync: bool = True) ->
         if isinstance(err, OSError):
             raise OutputError(describe_os_error(err, path)) from err
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete the ``.<name>.<random>.tmp`` files that writes killed half-way left in ``folder``.
+
+    Call only while holding the folder's lock (:mod:`fsseg.locks`): then no other process is
+    writing one of them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    candidates = folder.rglob(f".*{TEMP_SUFFIX}") if recursive else folder.glob(f".*{TEMP_SUFFIX}")
+    stale = [p for p in candidates if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        print(
+            f"fsseg: removed {len(stale)} temporary file(s) left by an interrupted write in {folder}",
+            file=sys.stderr,
+        )
+    return stale
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> None:

@@ -19,13 +19,13 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, ClassVar
 
 from datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
 from datasets.synthetic.generator import SPLITS, GenerationParams, encode_png, generate_sample
-from fsseg.atomic import write_bytes
+from fsseg.atomic import remove_stale_temporaries, write_bytes
 from fsseg.data.adapter import (
     DESCRIPTOR,
     INDEX_FORMAT_VERSION,
@@ -35,6 +35,7 @@ from fsseg.data.adapter import (
 )
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
+from fsseg.workers import worker_pool
 
 _DEFAULTS = GenerationParams()
 
@@ -102,6 +103,7 @@ class SyntheticAerial(DatasetAdapter):
             for sub in ("images", "masks", "index"):
                 shutil.rmtree(root / sub, ignore_errors=True)
 
+        remove_stale_temporaries(root, recursive=True)  # of a killed earlier prepare (we hold the lock)
         jobs = [
             (split_index, start, min(start + _CHUNK, count))
             for split_index, count in enumerate(params.counts().values())
@@ -117,7 +119,7 @@ class SyntheticAerial(DatasetAdapter):
         else:
             # Every image depends only on its own seed, so the files are the same whichever process
             # writes them and in whatever order.
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            with worker_pool(n_workers) as pool:
                 futures = {pool.submit(_write_images, root, params, *job): job for job in jobs}
                 for future in as_completed(futures):
                     split_index, start, stop = futures[future]

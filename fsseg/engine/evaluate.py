@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from fsseg.atomic import write_json, write_yaml
+from fsseg.atomic import remove_stale_temporaries, write_json, write_yaml
 from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import EpisodeManifest, build_test_manifest
@@ -27,7 +27,6 @@ from fsseg.engine.run_state import (
     check_finite_state,
     check_trained_with,
     load_state_file,
-    remove_stale_temporaries,
 )
 from fsseg.engine.train import MODEL, to_device
 from fsseg.errors import FssegError

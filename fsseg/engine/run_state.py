@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from fsseg.atomic import TEMP_SUFFIX
 from fsseg.config import ExperimentConfig
 from fsseg.errors import ConfigError, FssegError, RunFolderError, TrainingDiverged
 from fsseg.finite import describe_names, nonfinite_in_module, nonfinite_in_state
@@ -81,26 +80,6 @@ def check_finite_weights_to_save(weights: dict[str, Any], path: Path, run_name: 
 def check_finished_weights(path: Path) -> None:
     """A finished run's ``model.pt`` must load and be finite before the run counts as trained."""
     check_finite_state(load_state_file(path), path)
-
-
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the ``.<name>.<random>.tmp`` files atomic writes left in ``folder`` when killed.
-
-    Call only while holding the folder's lock: then no other process is writing one of them.
-    """
-    if not folder.is_dir():
-        return []
-    stale = [
-        p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX) and p.is_file()
-    ]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    if stale:
-        print(
-            f"fsseg: removed {len(stale)} temporary file(s) left by an interrupted write in {folder}",
-            file=sys.stderr,
-        )
-    return stale
 
 
 def discard_run(run_dir: Path) -> None:

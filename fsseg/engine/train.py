@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from fsseg.atomic import save_torch, write_json, write_text, write_yaml
+from fsseg.atomic import remove_stale_temporaries, save_torch, write_json, write_text, write_yaml
 from fsseg.config import ExperimentConfig
 from fsseg.data.episodes import TrainEpisodeSampler
 from fsseg.data.loading import TrainEpisodes, collate_episodes
@@ -46,7 +46,6 @@ from fsseg.engine.run_state import (
     check_finite_weights_to_save,
     discard_run,
     load_state_file,
-    remove_stale_temporaries,
 )
 from fsseg.errors import ConfigError, TrainingDiverged
 from fsseg.locks import folder_lock
