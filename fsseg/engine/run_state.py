@@ -19,7 +19,9 @@ from fsseg.config import ExperimentConfig
 from fsseg.errors import ConfigError, FssegError, RunFolderError, TrainingDiverged
 from fsseg.finite import describe_names, nonfinite_in_module, nonfinite_in_state
 
-RESTART_HINT = "rerun `fsseg train` with the same config and --restart to discard it and train from scratch"
+RESTART_HINT = "`fsseg train --restart` (same config) discards the run folder and trains from scratch"
+#: A diverged run is retrained with another config, which the run folder refuses unless told to replace it.
+RETRAIN_HINT = "lower train.lr and retrain with `fsseg train --replace-changed` (or --restart)"
 
 
 def load_state_file(path: Path, map_location: Any = "cpu", weights_only: bool = True) -> Any:
@@ -30,8 +32,9 @@ def load_state_file(path: Path, map_location: Any = "cpu", weights_only: bool = 
     except FileNotFoundError:
         raise
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as err:
+        # torch's own text (often a page about weights_only) does not help here; its type is enough.
         raise RunFolderError(
-            f"{path} is unreadable (truncated or not a file fsseg wrote: {str(err).splitlines()[0]}); "
+            f"{path} is unreadable: truncated or not a file fsseg wrote ({type(err).__name__}); "
             + RESTART_HINT
         ) from None
 
@@ -41,14 +44,11 @@ def check_finite_state(state: dict[str, Any], path: Path) -> None:
     bad = nonfinite_in_state(state)
     if bad:
         raise RunFolderError(
-            f"{path} holds non-finite weights ({describe_names(bad)}): its training diverged; "
-            f"lower train.lr and {RESTART_HINT}"
+            f"{path} holds non-finite weights ({describe_names(bad)}): its training diverged; {RETRAIN_HINT}"
         )
 
 
-def check_finite_training(
-    module: torch.nn.Module, where: str, run_name: str, lr: float, checkpoint: Path
-) -> None:
+def check_finite_training(module: torch.nn.Module, where: str, run_name: str, lr: float) -> None:
     """Raise :class:`TrainingDiverged` if ``module``'s weights or gradients hold NaN or infinity."""
     weights, grads = nonfinite_in_module(module)
     if weights or grads:
@@ -61,9 +61,8 @@ def check_finite_training(
             if part
         )
         raise TrainingDiverged(
-            f"training of {run_name} diverged ({where}): non-finite {what}; nothing was saved. "
-            f"Lower train.lr (now {lr:g}) or check the data. Last good checkpoint: {checkpoint} "
-            "(a rerun resumes from it; --restart starts over)"
+            f"training of {run_name} diverged ({where}): non-finite {what}, although the loss is finite; "
+            f"nothing of this iteration was written (train.lr is {lr:g}); {RETRAIN_HINT}, or check the data"
         )
 
 
@@ -73,7 +72,7 @@ def check_finite_weights_to_save(weights: dict[str, Any], path: Path, run_name: 
     if bad:
         raise TrainingDiverged(
             f"training of {run_name} diverged: the selected weights hold non-finite values "
-            f"({describe_names(bad)}); {path} was not written. Lower train.lr and {RESTART_HINT}"
+            f"({describe_names(bad)}); {path} was not written; {RETRAIN_HINT}"
         )
 
 

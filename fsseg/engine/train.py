@@ -230,7 +230,7 @@ def _train_locked(
                 save_torch(run_dir / "model_best.pt", method.state_dict())
             log_rows.append(json.dumps({"iteration": iteration, "val_miou": score}))
         if iteration % cfg.train.checkpoint_every == 0 or iteration == total:
-            check_finite_training(method, f"iteration {iteration}", cfg.run_name, recipe.lr, checkpoint_path)
+            check_finite_training(method, f"iteration {iteration}", cfg.run_name, recipe.lr)
             _append_log(run_dir / LOG, log_rows)
             log_rows = []
             state = {
