@@ -35,9 +35,12 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    from fsseg.locks import folder_lock
     from fsseg.registry import DATASETS
 
-    DATASETS.get(args.dataset).prepare_from_args(args)
+    dataset = DATASETS.get(args.dataset)
+    with folder_lock(dataset.prepare_output(args), f"fsseg prepare {args.dataset}"):
+        dataset.prepare_from_args(args)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -49,7 +52,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from fsseg.engine.train import train
 
-    train(_load(args), replace_changed=args.replace_changed)
+    train(_load(args), replace_changed=args.replace_changed, restart=args.restart)
 
 
 def cmd_episodes(args: argparse.Namespace) -> None:
@@ -227,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="if the run folder holds a run of a different training config, delete it and retrain "
         "(default: refuse)",
     )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="delete the run folder (checkpoint, weights, log, its evaluations) and train from scratch, "
+        "e.g. after a corrupt checkpoint.pt or model.pt",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("episodes", help="draw and save the test-episode manifest of a fold")
@@ -360,6 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except FssegError as err:
         print(f"fsseg: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # A read-only folder or a full disk met outside the atomic writes (e.g. creating a folder):
+        # one line naming the path, no traceback; atomic writes have left no partial file.
+        from fsseg.oserrors import describe_os_error
+
+        print(f"fsseg: error: {describe_os_error(err, action='')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fsseg: interrupted; rerun the same command to resume", file=sys.stderr)

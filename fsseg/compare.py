@@ -25,6 +25,7 @@ from fsseg.metrics import COUNT_COLUMNS
 from fsseg.stats import METRIC_NAMES, REQUIRED_COLUMNS, Metric, PairedComparison, compare_records
 
 RECORDS_FILE = "records.csv"
+SUMMARY_FILE = "summary.json"
 FORMATS = ("table", "csv", "json")
 _GLOB_CHARS = frozenset("*?[")
 _INT_COLUMNS = (
@@ -99,9 +100,51 @@ def read_record_file(path: Path) -> pd.DataFrame:
     return frame
 
 
+def check_whole_manifest(path: Path, frame: pd.DataFrame) -> None:
+    """Refuse a records file that does not hold every episode of the manifest it was scored on.
+
+    The evaluation's ``summary.json`` next to it states the manifest hash and its number of episodes;
+    the rows must carry that hash and be episodes 0..n-1, each once. A file cut short (on one side or
+    both) would otherwise be compared on the episodes that happen to remain.
+    """
+    summary_path = path.parent / SUMMARY_FILE
+    try:
+        summary = json.loads(summary_path.read_text())
+        n_expected = int(summary["metrics"]["n_episodes"])
+        manifest_hash = str(summary["manifest_hash"])
+    except FileNotFoundError:
+        raise DataError(
+            f"{path} has no {SUMMARY_FILE} next to it, so it cannot be checked to hold the whole episode "
+            "manifest; compare evaluation folders as `fsseg evaluate` writes them"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{summary_path} is unreadable or incomplete ({err!r})") from None
+    hashes = sorted(set(frame["manifest_hash"]))
+    if hashes != [manifest_hash]:
+        raise DataError(
+            f"{path} holds records of manifest(s) {', '.join(h[:12] for h in hashes)} but {summary_path} "
+            f"says it was scored on {manifest_hash[:12]} (records file edited or copied from elsewhere?)"
+        )
+    ids = frame["episode_id"]
+    if len(frame) != n_expected or ids.duplicated().any() or set(ids) != set(range(n_expected)):
+        raise DataError(
+            f"{path} holds {len(frame)} episode rows ({ids.nunique()} distinct episode ids) but its manifest "
+            f"has {n_expected} episodes (episodes 0..{n_expected - 1}, per {summary_path}): the file is "
+            "truncated or edited; re-run `fsseg evaluate` for that folder"
+        )
+
+
 def load_run(spec: str) -> pd.DataFrame:
-    """All records of the run named by ``spec`` (see :func:`find_record_files`), in one DataFrame."""
-    return pd.concat([read_record_file(path) for path in find_record_files(spec)], ignore_index=True)
+    """All records of the run named by ``spec`` (see :func:`find_record_files`), in one DataFrame.
+
+    Every records file must hold its whole manifest (:func:`check_whole_manifest`).
+    """
+    frames = []
+    for path in find_record_files(spec):
+        frame = read_record_file(path)
+        check_whole_manifest(path, frame)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def describe_run(records: pd.DataFrame) -> str:

@@ -19,6 +19,7 @@ import yaml
 from fsseg import paths
 from fsseg.errors import ConfigError
 from fsseg.schema import from_dict, opt, to_dict
+from fsseg.yaml_strict import DuplicateKeyError, load_unique
 
 
 @dataclass
@@ -274,7 +275,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_unique(text)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"config file {path}: {err.problem}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
     if data is None:

@@ -23,3 +23,15 @@ class TrainingDiverged(FssegError):
 
 class ManifestError(FssegError):
     """An episode manifest is corrupt or does not match what it is used with."""
+
+
+class OutputError(FssegError):
+    """An output file or folder cannot be written (read-only filesystem, no permission, disk full)."""
+
+
+class RunFolderError(FssegError):
+    """A run folder's training state (checkpoint, weights) is unreadable or not finite."""
+
+
+class LockedError(FssegError):
+    """Another fsseg process is writing the same folder."""

@@ -364,14 +364,13 @@ def check_pairable(records_a: pd.DataFrame, records_b: pd.DataFrame) -> None:
     # Equal hashes should mean equal episodes; compare anyway so a truncated file is caught here.
     episodes_a = records_a.drop_duplicates([*MANIFEST, "episode_id"])[[*MANIFEST, "episode_id", "class_id"]]
     episodes_b = records_b.drop_duplicates([*MANIFEST, "episode_id"])[[*MANIFEST, "episode_id", "class_id"]]
-    joined = episodes_a.merge(episodes_b, on=[*MANIFEST, "episode_id"], how="outer", indicator=True)
-    bad = joined[(joined["_merge"] != "both") | (joined["class_id_x"] != joined["class_id_y"])]
+    # The indicator column gets a plain name: itertuples renames fields that start with "_".
+    joined = episodes_a.merge(episodes_b, on=[*MANIFEST, "episode_id"], how="outer", indicator="side")
+    bad = joined[(joined["side"] != "both") | (joined["class_id_x"] != joined["class_id_y"])]
     if not bad.empty:
         listed = []
         for row in bad.itertuples(index=False):
-            where = {"left_only": "only in A", "right_only": "only in B"}.get(
-                str(row._merge), "class differs"
-            )
+            where = {"left_only": "only in A", "right_only": "only in B"}.get(str(row.side), "class differs")
             listed.append(
                 f"fold {row.fold} episode_seed {row.episode_seed} episode {row.episode_id}: {where}"
             )

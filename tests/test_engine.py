@@ -131,9 +131,25 @@ def test_bad_data_files_give_clear_errors_and_no_output(toy_config, toy_root, tm
         arr = np.array(Image.open(mask))
         arr[0, 0] = 9
         Image.fromarray(arr).save(mask)
+    # As if the files had been broken when the dataset was prepared: a change made after prepare is
+    # caught earlier, by the index checksums (tests/test_faults.py).
+    _refresh_checksums(root, "test", victim)
+    cfg.manifest_path.unlink()  # drawn from the index before; the same episodes are drawn again
     with pytest.raises(DataError, match=message):
         evaluate(cfg)
     assert not cfg.eval_dir.exists()
+
+
+def _refresh_checksums(root, split, image_id):
+    from fsseg.data.adapter import with_checksums
+
+    path = root / "index" / f"{split}.json"
+    index = json.loads(path.read_text())
+    for i, row in enumerate(index["images"]):
+        if row["id"] == image_id and (root / row["image"]).exists():
+            bare = {k: v for k, v in row.items() if not k.endswith("_sha256")}
+            index["images"][i] = with_checksums(root, bare)
+    path.write_text(json.dumps(index))
 
 
 def test_unprepared_dataset_says_how_to_prepare(toy_config, tmp_path):

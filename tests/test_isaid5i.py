@@ -17,7 +17,7 @@ from PIL import Image
 
 from datasets.isaid5i.adapter import MASK_SUFFIX, Isaid5i, decode_colour_mask, source_image
 from datasets.isaid5i.classes import PALETTE
-from fsseg.data.adapter import DESCRIPTOR
+from fsseg.data.adapter import DESCRIPTOR, INDEX_FORMAT_VERSION
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
 
@@ -94,7 +94,7 @@ def test_prepare_writes_index_masks_and_lists(release, tmp_path):
     descriptor = json.loads((out / DESCRIPTOR).read_text())
     assert descriptor == {
         "dataset": "isaid5i",
-        "format_version": 1,
+        "format_version": INDEX_FORMAT_VERSION,
         "options": {},
         "splits": ["test", "train", "val"],
     }

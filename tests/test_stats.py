@@ -103,6 +103,8 @@ def write_run(root: Path, rows: list[dict]) -> Path:
             / f"shot{shot}_ep{episode_seed}_n9"
         )
         write_records(folder / "records.csv", group.to_dict("records"))
+        summary = {"manifest_hash": group["manifest_hash"].iloc[0], "metrics": {"n_episodes": len(group)}}
+        (folder / "summary.json").write_text(json.dumps(summary))
     return root
 
 
@@ -247,6 +249,9 @@ def test_refuses_other_mismatches():
     truncated = a[~((a["fold"] == 0) & (a["train_seed"] == 1) & (a["episode_id"] == 8))]
     with pytest.raises(stats.PairingError, match="fold 0 episode_seed 0 episode 8"):
         stats.check_pairable(truncated, a)
+    cut = a[~((a["fold"] == 0) & (a["episode_id"] == 8))]  # every train seed of A cut the same way
+    with pytest.raises(stats.PairingError, match="fold 0 episode_seed 0 episode 8: only in B"):
+        stats.check_pairable(cut, a)
     twice = pd.concat([a, a.assign(run_id=a["run_id"] + "-untrained")])
     with pytest.raises(stats.PairingError, match="more than once"):
         stats.check_run(twice, "A")

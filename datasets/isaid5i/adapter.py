@@ -284,6 +284,11 @@ class Isaid5i(DatasetAdapter):
         )
 
     @classmethod
+    def prepare_output(cls, args: argparse.Namespace) -> Path:
+        """The prepared folder (``--out``, default under the release root), locked while preparing."""
+        return Path(args.out) if args.out is not None else Path(args.root) / DEFAULT_OUT
+
+    @classmethod
     def prepare_from_args(cls, args: argparse.Namespace) -> Path:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,10 +32,17 @@ from datasets.synthetic.generator import (
     encode_png,
     generate_sample,
 )
-from fsseg.atomic import write_bytes
-from fsseg.data.adapter import DESCRIPTOR, DatasetAdapter, build_index_entry, write_index
+from fsseg.atomic import remove_stale_temporaries, write_bytes
+from fsseg.data.adapter import (
+    DESCRIPTOR,
+    INDEX_FORMAT_VERSION,
+    DatasetAdapter,
+    build_index_entry,
+    write_index,
+)
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
+from fsseg.workers import worker_pool
 
 _DEFAULTS = GenerationParams()
 
@@ -110,6 +118,7 @@ class SyntheticAerial(DatasetAdapter):
             for sub in ("images", "masks", "index"):
                 shutil.rmtree(root / sub, ignore_errors=True)
 
+        remove_stale_temporaries(root, recursive=True)  # of a killed earlier prepare (we hold the lock)
         jobs = [
             (split_index, start, min(start + _CHUNK, count))
             for split_index, count in enumerate(params.counts().values())
@@ -125,7 +134,7 @@ class SyntheticAerial(DatasetAdapter):
         else:
             # Every image depends only on its own seed, so the files are the same whichever process
             # writes them and in whatever order.
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            with worker_pool(n_workers) as pool:
                 futures = {pool.submit(_write_images, root, params, *job): job for job in jobs}
                 for future in as_completed(futures):
                     split_index, start, stop = futures[future]
@@ -211,11 +220,16 @@ def _write_images(
         image_id = f"{split}_{image_index:05d}"
         image_rel = f"images/{split}/{image_id}.png"
         mask_rel = f"masks/{split}/{image_id}.png"
+        image_png, mask_png = encode_png(image), encode_png(mask)
         # no per-file fsync: the renames keep files whole, and prepare syncs once before the index
-        write_bytes(root / image_rel, encode_png(image), fsync=False)
-        write_bytes(root / mask_rel, encode_png(mask), fsync=False)
+        write_bytes(root / image_rel, image_png, fsync=False)
+        write_bytes(root / mask_rel, mask_png, fsync=False)
         n_classes = len(AUXILIARY_CLASSES) if split == PRETRAIN_SPLIT else NUM_CLASSES
-        rows.append(build_index_entry(image_id, image_rel, mask_rel, mask, n_classes))
+        row = build_index_entry(image_id, image_rel, mask_rel, mask, n_classes)
+        # the checksums of the bytes just written, so write_index need not read the files back
+        row["image_sha256"] = hashlib.sha256(image_png).hexdigest()
+        row["mask_sha256"] = hashlib.sha256(mask_png).hexdigest()
+        rows.append(row)
     return rows
 
 
@@ -248,6 +262,12 @@ def _read_existing_options(root: Path) -> dict[str, Any] | None:
             f"{root} holds the prepared dataset {descriptor.get('dataset')!r}; choose an empty folder or one "
             "prepared for 'synthetic'"
         )
+    if descriptor.get("format_version") != INDEX_FORMAT_VERSION:
+        # An index of an older format (no file checksums) is rewritten: regenerating the same seed
+        # gives the same files. The descriptor goes first, so a killed rerun is not taken as complete.
+        print(f"synthetic: {root} has an index of an older format; regenerating it", file=sys.stderr)
+        path.unlink()
+        return None
     return dict(descriptor.get("options", {}))
 
 

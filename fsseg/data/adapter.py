@@ -4,15 +4,19 @@
 
 * ``fsseg_dataset.json``: ``{"dataset": name, "format_version": 1, "options": {...}, "splits": [..]}``;
 * ``index/<split>.json``: ``{"split": s, "images": [{"id", "image", "mask", "size": [h, w],
-  "class_pixels": {"<class id>": pixel count}}]}`` with image/mask paths relative to the root (or
-  absolute, for releases that stay where the user unpacked them);
+  "class_pixels": {"<class id>": pixel count}, "image_sha256", "mask_sha256"}]}`` with image/mask
+  paths relative to the root (or absolute, for releases that stay where the user unpacked them);
 * masks as single-channel PNGs of dataset class ids (0 background, 1..C classes, 255 ignore).
 
-Training and evaluation read only the index, so no label file is scanned at start-up.
+Training and evaluation read only the index, so no label file is scanned at start-up. Each file's
+sha256 is checked when it is read (it is read anyway, and hashing costs little next to decoding), so
+an image or mask changed after ``prepare`` is an error naming it, never a score against a stale index.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,7 +30,8 @@ from fsseg import IGNORE_INDEX
 from fsseg.atomic import sha256_file
 from fsseg.errors import DataError
 
-INDEX_FORMAT_VERSION = 1
+#: 2: index rows carry ``image_sha256`` and ``mask_sha256``.
+INDEX_FORMAT_VERSION = 2
 DESCRIPTOR = "fsseg_dataset.json"
 
 
@@ -37,6 +42,8 @@ class ImageEntry:
     mask: str
     size: tuple[int, int]
     class_pixels: dict[int, int]
+    image_sha256: str
+    mask_sha256: str
 
 
 @dataclass
@@ -44,10 +51,32 @@ class NoOptions:
     """For datasets without options."""
 
 
-def read_image_file(path: Path) -> np.ndarray:
-    """RGB uint8 [H, W, 3]; a missing or corrupt file raises :class:`DataError` naming it."""
+def _read_checked(path: Path, expected_sha256: str | None, kind: str) -> io.BytesIO | Path:
+    """The file's bytes when a sha256 is expected (and matches), else the path to open."""
+    if expected_sha256 is None:
+        return path
     try:
-        with Image.open(path) as img:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{kind} file is missing: {path}") from None
+    except OSError as err:
+        raise DataError(f"{kind} file is unreadable: {path} ({err.strerror})") from None
+    if hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise DataError(f"{kind} file {path} changed after `fsseg prepare`: {CHANGED_HINT}")
+    return io.BytesIO(data)
+
+
+CHANGED_HINT = (
+    "its sha256 differs from the one in the dataset index, so the index (class pixels, episodes) is "
+    "stale; restore the file, or prepare the dataset again (a generated dataset: delete its folder first)"
+)
+
+
+def read_image_file(path: Path, expected_sha256: str | None = None) -> np.ndarray:
+    """RGB uint8 [H, W, 3]; a missing, corrupt or changed file raises :class:`DataError` naming it."""
+    source = _read_checked(path, expected_sha256, "image")
+    try:
+        with Image.open(source) as img:
             img.load()
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
@@ -56,10 +85,11 @@ def read_image_file(path: Path) -> np.ndarray:
         raise DataError(f"image file is corrupt or unreadable: {path} ({err})") from None
 
 
-def read_label_file(path: Path) -> np.ndarray:
+def read_label_file(path: Path, expected_sha256: str | None = None) -> np.ndarray:
     """Single-channel uint8 [H, W] label image; errors name the file."""
+    source = _read_checked(path, expected_sha256, "label")
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             if img.mode not in ("L", "P", "I", "I;16"):
                 raise DataError(f"label file {path} has mode {img.mode}; expected a single-channel PNG")
@@ -113,6 +143,12 @@ class DatasetAdapter:
                 f"{descriptor} describes dataset {self.descriptor.get('dataset')!r}, "
                 f"not {self.registry_name!r}"
             )
+        if self.descriptor.get("format_version") != INDEX_FORMAT_VERSION:
+            raise DataError(
+                f"{descriptor} has index format {self.descriptor.get('format_version')!r}, this fsseg reads "
+                f"format {INDEX_FORMAT_VERSION} (with per-file checksums); run `fsseg prepare "
+                f"{self.registry_name} ...` again"
+            )
         self._entries: dict[str, dict[str, ImageEntry]] = {}
 
     # --- preparation (subclasses override) -----------------------------------------------------
@@ -123,6 +159,11 @@ class DatasetAdapter:
     @classmethod
     def prepare_from_args(cls, args: Any) -> None:
         raise DataError(f"dataset {cls.registry_name!r} has no prepare step")
+
+    @classmethod
+    def prepare_output(cls, args: Any) -> Path:
+        """The folder ``fsseg prepare`` writes for these arguments (locked while it runs)."""
+        return Path(args.root)
 
     # --- classes and folds -----------------------------------------------------------------------
     @classmethod
@@ -179,6 +220,8 @@ class DatasetAdapter:
                         mask=item["mask"],
                         size=(int(item["size"][0]), int(item["size"][1])),
                         class_pixels={int(k): int(v) for k, v in item["class_pixels"].items()},
+                        image_sha256=str(item["image_sha256"]),
+                        mask_sha256=str(item["mask_sha256"]),
                     )
                     for item in raw["images"]
                 }
@@ -213,7 +256,7 @@ class DatasetAdapter:
 
     def load_image(self, split: str, image_id: str) -> np.ndarray:
         entry = self._entry(split, image_id)
-        image = read_image_file(self._resolve(entry.image))
+        image = read_image_file(self._resolve(entry.image), entry.image_sha256)
         if image.shape[:2] != entry.size:
             raise DataError(
                 f"image {self._resolve(entry.image)} is {image.shape[1]}x{image.shape[0]} but the index says "
@@ -225,7 +268,7 @@ class DatasetAdapter:
         """Class-id mask [H, W] uint8, checked against the image size and the class list."""
         entry = self._entry(split, image_id)
         path = self._resolve(entry.mask)
-        mask = read_label_file(path)
+        mask = read_label_file(path, entry.mask_sha256)
         if mask.shape != entry.size:
             raise DataError(
                 f"mask {path} is {mask.shape[1]}x{mask.shape[0]} "
@@ -270,12 +313,25 @@ def build_index_entry(
     }
 
 
+def with_checksums(root: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with ``image_sha256`` and ``mask_sha256`` (computed from the files where missing)."""
+    row = dict(row)
+    for kind in ("image", "mask"):
+        if f"{kind}_sha256" not in row:
+            path = Path(row[kind]) if Path(row[kind]).is_absolute() else root / row[kind]
+            row[f"{kind}_sha256"] = sha256_file(path)
+    return row
+
+
 def write_index(root: Path, dataset: str, splits: dict[str, list[dict[str, Any]]], options: dict) -> None:
-    """Write every split index, then the descriptor last (its presence marks a complete prepare)."""
+    """Write every split index, then the descriptor last (its presence marks a complete prepare).
+
+    Rows without file checksums get them here, from the files as they are now.
+    """
     from fsseg.atomic import write_json
 
     for split, rows in splits.items():
-        rows = sorted(rows, key=lambda r: r["id"])
+        rows = sorted((with_checksums(root, r) for r in rows), key=lambda r: r["id"])
         write_json(root / "index" / f"{split}.json", {"split": split, "images": rows})
     write_json(
         root / DESCRIPTOR,

@@ -18,11 +18,11 @@ import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from fsseg.errors import DataError
+from fsseg.workers import worker_pool
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -88,7 +88,7 @@ def parallel_map(fn: Callable[[T], R], items: Sequence[T], workers: int = 1) -> 
         yield from map(fn, items)
         return
     chunksize = max(1, min(64, len(items) // (4 * workers)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:
         yield from pool.map(fn, items, chunksize=chunksize)
 
 

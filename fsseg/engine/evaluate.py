@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from fsseg.atomic import write_json, write_yaml
+from fsseg.atomic import remove_stale_temporaries, write_json, write_yaml
 from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import EpisodeManifest, build_test_manifest
@@ -24,8 +24,14 @@ from fsseg.data.loading import ManifestEpisodes, collate_episodes
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import build_dataset, build_method, run_id
 from fsseg.engine.progress import Progress
+from fsseg.engine.run_state import (
+    check_finite_state,
+    check_trained_with,
+    load_state_file,
+)
 from fsseg.engine.train import MODEL, to_device
 from fsseg.errors import FssegError
+from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
 from fsseg.metrics import COUNT_COLUMNS, episode_counts, summarize
 from fsseg.records import evaluation_identity, write_records
@@ -106,6 +112,7 @@ def run_episodes(
 
 
 def load_trained(cfg: ExperimentConfig, device: torch.device) -> FewShotMethod:
+    """The trained method of ``cfg``: weights of the same training config, readable and finite."""
     method = build_method(cfg)
     weights_path = cfg.run_dir / MODEL
     if not weights_path.is_file():
@@ -114,7 +121,10 @@ def load_trained(cfg: ExperimentConfig, device: torch.device) -> FewShotMethod:
                 f"no trained weights at {weights_path}; run `fsseg train` with the same config first"
             )
     else:
-        method.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        check_trained_with(cfg, weights_path)
+        weights = load_state_file(weights_path)
+        check_finite_state(weights, weights_path)
+        method.load_state_dict(weights)
     return method.to(device)
 
 
@@ -166,9 +176,24 @@ def evaluate(
             f"manifest {manifest_file} has shot {manifest.header['shot']}, "
             f"config eval.shot is {cfg.eval.shot}"
         )
+    out_dir = cfg.eval_dir if not untrained else cfg.eval_dir.with_name(cfg.eval_dir.name + "_untrained")
+    with folder_lock(out_dir, "fsseg evaluate"):
+        remove_stale_temporaries(out_dir)
+        return _evaluate_locked(cfg, adapter, manifest, device, out_dir, untrained, diagnose, method)
+
+
+def _evaluate_locked(
+    cfg: ExperimentConfig,
+    adapter: DatasetAdapter,
+    manifest: EpisodeManifest,
+    device: torch.device,
+    out_dir: Path,
+    untrained: bool,
+    diagnose: bool,
+    method: FewShotMethod | None,
+) -> Path:
     if method is None:
         method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
-    out_dir = cfg.eval_dir if not untrained else cfg.eval_dir.with_name(cfg.eval_dir.name + "_untrained")
     timing: dict[str, float] = {}
     started = time.perf_counter()
     counts = run_episodes(method, manifest, adapter, cfg, device, timing=timing)

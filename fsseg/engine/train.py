@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from fsseg.atomic import save_torch, write_json, write_text, write_yaml
+from fsseg.atomic import remove_stale_temporaries, save_torch, write_json, write_text, write_yaml
 from fsseg.config import ExperimentConfig
 from fsseg.data.episodes import TrainEpisodeSampler
 from fsseg.data.loading import TrainEpisodes, collate_episodes
@@ -42,7 +42,15 @@ from fsseg.engine.build import (
     training_identity,
 )
 from fsseg.engine.progress import Progress, format_duration
+from fsseg.engine.run_state import (
+    check_finished_weights,
+    check_finite_training,
+    check_finite_weights_to_save,
+    discard_run,
+    load_state_file,
+)
 from fsseg.errors import ConfigError, TrainingDiverged
+from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
 
 CHECKPOINT = "checkpoint.pt"
@@ -94,17 +102,34 @@ def train(
     stop_after: int | None = None,
     on_iteration: Callable[[int], None] | None = None,
     replace_changed: bool = False,
+    restart: bool = False,
 ) -> Path:
     """Train (or resume, or skip if finished) the configured run; returns the run folder.
 
     ``stop_after`` ends this invocation after that many total iterations without finishing the run
     (as if killed right after a checkpoint); ``on_iteration`` is called after each step (tests use it
     to simulate a kill at an arbitrary point); ``replace_changed`` retrains from scratch when the
-    run folder holds a run of another training config instead of refusing.
+    run folder holds a run of another training config instead of refusing; ``restart`` discards
+    the run folder's training state (e.g. a corrupt checkpoint) and trains from scratch. The run
+    folder is locked for the whole call (:mod:`fsseg.locks`).
     """
+    with folder_lock(cfg.run_dir, "fsseg train"):
+        if restart:
+            discard_run(cfg.run_dir)
+        remove_stale_temporaries(cfg.run_dir)
+        return _train_locked(cfg, stop_after, on_iteration, replace_changed)
+
+
+def _train_locked(
+    cfg: ExperimentConfig,
+    stop_after: int | None,
+    on_iteration: Callable[[int], None] | None,
+    replace_changed: bool,
+) -> Path:
     run_dir = cfg.run_dir
     _check_same_run(run_dir, cfg, replace_changed)
     if (run_dir / SUMMARY).is_file() and (run_dir / MODEL).is_file():
+        check_finished_weights(run_dir / MODEL)
         print(f"fsseg: {run_dir} is already trained; nothing to do", file=sys.stderr)
         return run_dir
     adapter = build_dataset(cfg)
@@ -132,7 +157,7 @@ def train(
     best: dict[str, Any] = {"miou": -math.inf, "iteration": None}
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = load_state_file(checkpoint_path, map_location=device, weights_only=False)
         method.load_state_dict(state["model"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -142,11 +167,13 @@ def train(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start = state["iteration"]
         best = state["best"]
-        _truncate_log(run_dir / LOG, start)
         print(f"fsseg: resuming {run_dir} from iteration {start}", file=sys.stderr)
     else:
         # Dropout and other in-training randomness draw from this stream; the checkpoint saves it.
         torch.manual_seed(cfg.train.train_seed + 1)
+    # Rows past the checkpoint (or every row, without one) are rewritten by this run: the log then
+    # holds each iteration once, even after a kill or a failed write at the first checkpoint.
+    _truncate_log(run_dir / LOG, start)
 
     validator = (
         _Validator(cfg, adapter, method, device) if cfg.train.selection == "best_val" and total else None
@@ -207,6 +234,7 @@ def train(
                 save_torch(run_dir / "model_best.pt", method.state_dict())
             log_rows.append(json.dumps({"iteration": iteration, "val_miou": score}))
         if iteration % cfg.train.checkpoint_every == 0 or iteration == total:
+            check_finite_training(method, f"iteration {iteration}", cfg.run_name, recipe.lr)
             _append_log(run_dir / LOG, log_rows)
             log_rows = []
             state = {
@@ -281,11 +309,12 @@ def _finish(
     length: dict[str, Any],
 ) -> None:
     if cfg.train.selection == "best_val" and best["iteration"] is not None:
-        weights = torch.load(run_dir / "model_best.pt", map_location="cpu", weights_only=True)
+        weights = load_state_file(run_dir / "model_best.pt")
         selected = f"best_val (iteration {best['iteration']}, val miou {best['miou']:.4f})"
     else:
         weights = method.state_dict()
         selected = "last"
+    check_finite_weights_to_save(weights, run_dir / MODEL, cfg.run_name)
     save_torch(run_dir / MODEL, weights)
     n_total = sum(p.numel() for p in method.parameters())
     n_trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
