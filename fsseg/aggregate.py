@@ -25,7 +25,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,11 @@ from fsseg.records import EVALUATION_KEYS, RECORD_COLUMNS
 EVALUATIONS_FILE = "evaluations.csv"
 RECORDS_FILE = "records.csv.gz"
 PROTOCOL_FILE = "protocol.json"
+DIAGNOSTICS_FILE = "diagnostics.csv"
 CLASS_PREFIX = "iou__"
+#: Columns of ``diagnostics.csv`` before the scores (one ``score__<name>`` column per diagnostic).
+DIAGNOSTIC_KEY = ("method", "variant", "backbone", "fold", "train_seed", "shot", "episode_seed")
+SCORE_PREFIX = "score__"
 
 EVALUATION_COLUMNS = (
     *EVALUATION_KEYS,
@@ -369,10 +373,34 @@ def aggregate(eval_dirs: Iterable[str | Path], out_dir: str | Path) -> dict[str,
     protocol["classes"] = {str(cid): classes[cid] for cid in sorted(classes)}
 
     out = Path(out_dir)
+    write_text(out / DIAGNOSTICS_FILE, _diagnostics_csv(evaluations))
     write_text(out / EVALUATIONS_FILE, buffer.getvalue())
     write_bytes(out / RECORDS_FILE, _gzip(records))
     write_json(out / PROTOCOL_FILE, protocol)
     return protocol
+
+
+def _diagnostics_csv(evaluations: Sequence[Evaluation]) -> str:
+    """One row per diagnosed evaluation (its ``diagnostics.json``): identity, then every score."""
+    rows = []
+    for ev in evaluations:
+        path = Path(ev.folder) / "diagnostics.json"
+        if not path.is_file():
+            continue
+        document = _read_json(path)
+        try:
+            scores = {str(k): float(v) for k, v in document["scores"].items()}
+        except (KeyError, AttributeError, TypeError, ValueError) as err:
+            raise DataError(f"{path} is not an `fsseg evaluate --diagnose` file ({err!r})") from None
+        row = ev.row()
+        rows.append(({c: row[c] for c in DIAGNOSTIC_KEY}, scores))
+    names = sorted({name for _, scores in rows for name in scores})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*DIAGNOSTIC_KEY, *(f"{SCORE_PREFIX}{n}" for n in names)])
+    for key, scores in rows:
+        writer.writerow([_cell(key[c]) for c in DIAGNOSTIC_KEY] + [_cell(scores.get(n)) for n in names])
+    return buffer.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -387,6 +415,8 @@ class Aggregate:
     records: pd.DataFrame
     protocol: dict[str, Any]
     folder: Path
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """One row per diagnosed evaluation (empty when none was diagnosed)."""
 
     @property
     def class_columns(self) -> list[str]:
@@ -414,4 +444,10 @@ def load_aggregate(folder: str | Path) -> Aggregate:
     # would name this aggregate, the same for every row, and hide repeated evaluations.
     records = read_record_file(folder / RECORDS_FILE).drop(columns=["source"])
     protocol = json.loads((folder / PROTOCOL_FILE).read_text())
-    return Aggregate(evaluations, records, protocol, folder)
+    diagnostics_path = folder / DIAGNOSTICS_FILE
+    diagnostics = (
+        pd.read_csv(diagnostics_path, dtype={"method": str, "variant": str, "backbone": str})
+        if diagnostics_path.is_file()
+        else pd.DataFrame(columns=list(DIAGNOSTIC_KEY))
+    )
+    return Aggregate(evaluations, records, protocol, folder, diagnostics)

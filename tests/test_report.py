@@ -459,7 +459,7 @@ def test_report_from_real_evaluations_through_the_cli(real_grid, tmp_path, capsy
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 5 * 4 + 7 * 3 + 1
+    assert len(files) == 6 * 4 + 7 * 3 + 1  # 6 tables (md, tex, csv, caption), 7 figures (png, pdf, caption)
     for rel in files:  # reruns give the same bytes, figures included
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     data = _csv(tmp_path / "a" / "tables" / "significance.csv")

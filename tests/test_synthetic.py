@@ -14,13 +14,21 @@ from PIL import Image
 
 from datasets.synthetic import SyntheticAerial
 from datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
-from datasets.synthetic.generator import SHAPES, TEXTURES, encode_png, generate_sample
+from datasets.synthetic.generator import (
+    AUXILIARY_CLASSES,
+    PRETRAIN_SPLIT,
+    SHAPES,
+    SPLITS,
+    TEXTURES,
+    encode_png,
+    generate_sample,
+)
 from fsseg.data.adapter import DESCRIPTOR, open_dataset
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
 
 # Tiny but complete: every split has at least 2 images of each class as main class.
-SMALL = {"image_size": 40, "n_train": 45, "n_val": 30, "n_test": 30}
+SMALL = {"image_size": 40, "n_train": 45, "n_val": 30, "n_test": 30, "n_pretrain": 30}
 
 
 def _prepare(root: Path, **params: object) -> Path:
@@ -77,15 +85,35 @@ def test_sample_depends_only_on_its_own_seed() -> None:
 
 
 def test_sample_shapes_and_label_values() -> None:
-    for index in range(30):
+    n_classes = []
+    for index in range(60):
         image, mask = generate_sample(0, 0, index, 48)
         assert image.shape == (48, 48, 3) and image.dtype == np.uint8
         assert mask.shape == (48, 48) and mask.dtype == np.uint8
         values = set(np.unique(mask).tolist())
         assert values <= set(range(NUM_CLASSES + 1))
-        # The main class is round-robin and always visible; at most two classes per image.
+        # The main class is round-robin and always visible; at most three classes per image.
         assert index % NUM_CLASSES + 1 in values
-        assert 1 <= len(values - {0}) <= 2
+        assert 1 <= len(values - {0}) <= 3
+        n_classes.append(len(values - {0}))
+    # Most images hold distractors: objects of other classes besides the episode's (85 % expected).
+    assert sum(n >= 2 for n in n_classes) >= 0.7 * len(n_classes)
+
+
+def test_pretraining_split_shows_only_auxiliary_classes() -> None:
+    """The pretraining split's labels are auxiliary classes, each a (shape, texture) pairing that no
+    benchmark class uses: the shared backbone never sees a benchmark class."""
+    split_index = SPLITS.index(PRETRAIN_SPLIT)
+    benchmark_looks = {(c, c) for c in range(NUM_CLASSES)}
+    assert not benchmark_looks & set(AUXILIARY_CLASSES)
+    assert len(set(AUXILIARY_CLASSES)) == len(AUXILIARY_CLASSES)
+    seen = set()
+    for index in range(40):
+        _, mask = generate_sample(0, split_index, index, 48)
+        values = set(np.unique(mask).tolist()) - {0}
+        assert values and values <= set(range(1, len(AUXILIARY_CLASSES) + 1))
+        seen |= values
+    assert len(seen) > 15  # many auxiliary classes, not a few
 
 
 def test_generating_300_small_images_is_fast() -> None:
@@ -108,13 +136,13 @@ def test_prepare_is_byte_identical_for_a_seed_whatever_the_workers(prepared: Pat
     hashes, other_hashes = _tree_hashes(prepared), _tree_hashes(other)
     assert hashes.keys() == other_hashes.keys()
     changed = [k for k in hashes if k.startswith("images/") and hashes[k] != other_hashes[k]]
-    assert len(changed) == SMALL["n_train"] + SMALL["n_val"] + SMALL["n_test"]
+    assert len(changed) == SMALL["n_train"] + SMALL["n_val"] + SMALL["n_test"] + SMALL["n_pretrain"]
 
 
 def test_layout_formats_and_descriptor(prepared: Path) -> None:
     descriptor = json.loads((prepared / DESCRIPTOR).read_text())
     assert descriptor["dataset"] == "synthetic"
-    assert descriptor["splits"] == ["test", "train", "val"]
+    assert descriptor["splits"] == ["pretrain", "test", "train", "val"]
     assert descriptor["options"]["image_size"] == SMALL["image_size"]
     with Image.open(prepared / "images" / "val" / "val_00000.png") as img:
         assert img.mode == "RGB" and img.size == (40, 40)

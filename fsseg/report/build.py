@@ -24,13 +24,14 @@ from fsseg.report import captions, plots, tables
 from fsseg.report.results import MIN_UNITS_TO_MARK, all_families, select_runs
 from fsseg.report.spec import ReportSpec, load_spec
 
-TABLE_NAMES = ("main_miou", "main_fbiou", "ablation", "significance", "efficiency")
+TABLE_NAMES = ("main_miou", "main_fbiou", "ablation", "significance", "efficiency", "diagnostics")
 TABLE_TITLES = {
     "main_miou": "Main comparison: class-wise mIoU",
     "main_fbiou": "Main comparison: FB-IoU",
     "ablation": "Ablations",
     "significance": "Significance",
     "efficiency": "Efficiency",
+    "diagnostics": "Does each method use its support?",
 }
 FIGURE_TITLES = {
     "per_fold_miou": "Class mIoU per fold",
@@ -157,6 +158,7 @@ def build_report(
         tables.ablation_table(runs, ablation, spec, protocol),
         tables.significance_table(families, spec, protocol),
         tables.efficiency_table(bench_rows, spec),
+        tables.diagnostics_table(agg.diagnostics, spec, protocol),
     ]
     written: list[Path] = []
     for table in built:

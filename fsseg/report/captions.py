@@ -243,3 +243,24 @@ def efficiency_caption(spec: ReportSpec, rows: Sequence[dict[str, Any]]) -> str:
 
 def figure_caption(spec: ReportSpec, protocol: dict[str, Any], text: str) -> str:
     return _ending(spec, protocol, [f"{spec.title}: {text}"])
+
+
+def diagnostics_caption(spec: ReportSpec, protocol: dict[str, Any], probes: Sequence[str]) -> str:
+    probe_text = {
+        "base_classes": "Base classes: the same number of episodes of the fold's base classes, drawn from "
+        "the val split (classes seen in training, images never seen)",
+        "prior_off": "prior_off: the prior map replaced by zeros at inference (the prior-based methods)",
+    }
+    return _ending(
+        spec,
+        protocol,
+        [
+            f"{spec.title}: does each method use its support? Class-wise mIoU (%) on the test episodes, "
+            "then with every episode's supports (images and masks) replaced by those of an episode of "
+            "another novel class, query and label unchanged (Support swap); Swap drop is the difference in "
+            "points. A method that uses its support drops clearly; one that segments every object "
+            "whatever its support shows does not, and its score is not a few-shot result",
+            *(probe_text.get(p, f"{p}: a probe the method declares") for p in probes),
+            "Each cell: mean ± sd over units (fold × train seed)",
+        ],
+    )

@@ -470,3 +470,46 @@ def efficiency_table(rows: Sequence[dict[str, Any]], spec: ReportSpec) -> Table:
     caption = captions.efficiency_caption(spec, rows)
     frame = pd.DataFrame(data, columns=["label", *EFFICIENCY_DATA])
     return Table("efficiency", list(EFFICIENCY_COLUMNS), shown, caption, frame, align="llrrl" + "r" * 6)
+
+
+DIAGNOSTIC_LABELS = {"miou": "Class mIoU", "support_swap": "Support swap", "base_classes": "Base classes"}
+
+
+def diagnostics_table(diagnostics: pd.DataFrame, spec: ReportSpec, protocol: dict[str, Any]) -> Table:
+    """Does each method use its support? Class mIoU, under a support swap, on base classes, with probes.
+
+    One row per (run, diagnosed shot): each score is the mean ± sd over units (fold × train seed), a
+    unit's score averaged over episode seeds first; "Swap drop" is class mIoU minus the swap score.
+    """
+    from fsseg.aggregate import SCORE_PREFIX
+
+    scores = sorted(c[len(SCORE_PREFIX) :] for c in diagnostics.columns if c.startswith(SCORE_PREFIX))
+    fixed = [s for s in ("miou", "support_swap") if s in scores]
+    others = [s for s in scores if s not in fixed]
+    columns = ["Method", "Shot", *(DIAGNOSTIC_LABELS.get(s, s) for s in fixed)]
+    columns += ["Swap drop"] if len(fixed) == 2 else []
+    columns += [DIAGNOSTIC_LABELS.get(s, s) for s in others]
+    shown, data = [], []
+    for ref in spec.all_runs:
+        mine = diagnostics[(diagnostics["method"] == ref.method) & (diagnostics["variant"] == ref.variant)]
+        for shot in sorted(mine["shot"].unique()) if len(mine) else []:
+            at = mine[mine["shot"] == shot].copy()
+            if len(fixed) == 2:
+                at["score__swap_drop"] = at[f"{SCORE_PREFIX}miou"] - at[f"{SCORE_PREFIX}support_swap"]
+            units = at.groupby(["fold", "train_seed"]).mean(numeric_only=True)
+            names = [*fixed, *(["swap_drop"] if len(fixed) == 2 else []), *others]
+            cells, values = [], {}
+            for name in names:
+                column = units[f"{SCORE_PREFIX}{name}"]
+                mean = float(column.mean())
+                sd = float(column.std(ddof=1)) if len(column) > 1 else math.nan
+                cells.append(
+                    (points(mean, 1) if name == "swap_drop" else pct(mean))
+                    + ("" if math.isnan(sd) else f" ± {pct(sd)}")
+                )
+                values[name] = mean
+            shown.append([ref.display, str(int(shot)), *cells])
+            data.append({"label": ref.display, "shot": int(shot), "units": len(units), **values})
+    caption = captions.diagnostics_caption(spec, protocol, others)
+    frame = pd.DataFrame(data)
+    return Table("diagnostics", columns, shown, caption, frame, align="lr" + "r" * (len(columns) - 2))

@@ -123,8 +123,11 @@ RECIPES = {
         poly_power=0.9,
         iterations=300,
         batch_size=4,
-        description="reduced CPU recipe for the synthetic default (64 px, frozen base-class ResNet-18 cut at "
-        "layer3, 2 cores): Adam 3e-3, wd 1e-4, poly 0.9, 300 iterations of 4 episodes (~45 s, 1 core)",
+        warmup=50,
+        description="reduced CPU recipe for the synthetic default (64 px, frozen ResNet-18 pretrained on the "
+        "auxiliary classes, cut at layer3): Adam 3e-3 with a 50-step linear warm-up, wd 1e-4, poly 0.9, 300 "
+        "iterations of 4 episodes (without the warm-up the first Adam steps silenced 82-86 % of the head's "
+        "ReLU units for good)",
     ),
 }
 RECIPES["default"] = RECIPES["synthetic"]

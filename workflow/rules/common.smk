@@ -327,7 +327,7 @@ def bench_args(wildcards):
             f"--repeats {BENCH.get('repeats', 20)} " + _sets(_method_sets(wildcards)))
 
 
-REPORT_TABLES = ["main_miou", "main_fbiou", "ablation", "significance", "efficiency"]
+REPORT_TABLES = ["main_miou", "main_fbiou", "ablation", "significance", "efficiency", "diagnostics"]
 REPORT_FIGURES = ["per_fold_miou", "class_iou_heatmap", "training_curves", "miou_vs_fps",
                   "miou_vs_params", "paired_differences", "qualitative"]
 

@@ -8,6 +8,7 @@ rule aggregate:
         evaluations=f"{RESULTS}/{{dataset}}/aggregate/evaluations.csv",
         records=f"{RESULTS}/{{dataset}}/aggregate/records.csv.gz",
         protocol=f"{RESULTS}/{{dataset}}/aggregate/protocol.json",
+        diagnostics=f"{RESULTS}/{{dataset}}/aggregate/diagnostics.csv",
     params:
         out=f"{RESULTS}/{{dataset}}/aggregate",
         list_file=f"{RESULTS}/{{dataset}}/aggregate/eval_dirs.txt",
