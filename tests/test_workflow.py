@@ -51,8 +51,8 @@ def test_paper_config_plans_the_full_grid_without_data():
     counts = _job_counts(_dry_run("--configfile", "config/paper.yaml"))
     # 3 datasets × (4 methods × 3 folds × 2 train shots × 5 seeds + 7 ablations × 3 folds × 2 × 5)
     assert counts["train"] == 3 * (4 * 3 * 2 * 5 + 7 * 3 * 2 * 5)
-    # main runs: 2 test shots × 5 episode seeds; ablations: 1-shot × 5 episode seeds
-    assert counts["evaluate"] == 3 * (120 * 2 * 5 + 210 * 5)
+    # one evaluate job per run: every test shot × episode seed in one process
+    assert counts["evaluate"] == counts["train"]
     assert counts["prepare"] == 3 and counts["report"] == 3
 
 
@@ -84,6 +84,9 @@ def test_default_config_plans_every_stage():
     stages = ("prepare", "pretrain", "train", "manifest", "evaluate", "bench", "predict", "aggregate")
     for rule in (*stages, "report"):
         assert counts.get(rule, 0) > 0, rule
+    # one backbone on the auxiliary classes for every fold; one evaluation process per trained run
+    assert counts["pretrain"] == 1
+    assert counts["evaluate"] == counts["train"]
 
 
 @pytest.mark.slow

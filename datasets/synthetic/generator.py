@@ -49,6 +49,10 @@ AUXILIARY_CLASSES: tuple[tuple[int, int], ...] = tuple(
 # Object sizes are given for a 96 px image and scale linearly with the image side.
 REFERENCE_SIZE = 96
 OBJECT_DIAMETER_PX = (20.0, 48.0)
+# Length (in pixels of a 96-px image) over which a texture's ``cycles`` are counted. In version 1 the
+# texture scaled with the object, and on the smallest objects of a 64-px image its period fell to 2-3
+# pixels, under the camera blur: half of the class signal was invisible there.
+TEXTURE_UNIT_PX = 20.0
 MAX_OBJECTS = 4
 # Probability of 1, 2 and 3 classes in an image. Most images hold objects of other classes besides
 # the episode's, so only the support tells which object is foreground: a method that segments "every
@@ -373,7 +377,10 @@ def generate_sample(
 
         c1, c2 = _pick_texture_colours(rng, ground=int(region_colours[regions[placed.centre]]))
         kind, cycles, angle = TEXTURES[texture_index]
-        t = _texture(kind, cycles, angle, placed.u, placed.v, (rng.random(), rng.random()))
+        # Textures have an absolute scale (cycles per TEXTURE_UNIT_PX), like roof tiles or crop rows at a
+        # fixed ground resolution: a small object shows fewer periods, never finer ones.
+        unit = (placed.diameter / 2) / (TEXTURE_UNIT_PX * scale)
+        t = _texture(kind, cycles, angle, placed.u * unit, placed.v * unit, (rng.random(), rng.random()))
         amplitude = rng.uniform(0.75, 1.0)
         brightness = rng.uniform(0.9, 1.1)
         colour = COLOUR_POOL[c1] + (amplitude * t)[..., None] * (COLOUR_POOL[c2] - COLOUR_POOL[c1])

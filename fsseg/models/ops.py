@@ -85,7 +85,9 @@ def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
-def segmentation_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def segmentation_ce(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, fg_weight: float = 1.0
+) -> torch.Tensor:
     """Cross-entropy of ``logits`` [B, 2, h, w], bilinearly resized to ``target`` [B, H, W] if needed.
 
     Pixels equal to ``ignore_index`` are excluded. A batch whose pixels are all ignored gives a zero
@@ -94,21 +96,27 @@ def segmentation_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: in
     logits = resize(logits, target.shape[-2:])
     if not bool((target != ignore_index).any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, target.long(), ignore_index=ignore_index)
+    weight = None if fg_weight == 1.0 else logits.new_tensor([1.0, fg_weight])
+    return F.cross_entropy(logits, target.long(), ignore_index=ignore_index, weight=weight)
 
 
 def deep_supervision_loss(
-    outputs: dict[str, torch.Tensor], target: torch.Tensor, aux_weight: float, aux_prefix: str = "aux_logits_"
+    outputs: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    aux_weight: float,
+    aux_prefix: str = "aux_logits_",
+    fg_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """``main`` CE on ``outputs["logits"]`` plus ``aux_weight`` × the mean CE of the auxiliary logits.
 
     Auxiliary logits are the entries whose key starts with ``aux_prefix`` (any resolution; they are
-    resized to the label like the main logits, as PFENet does). Returns ``loss``, ``main`` and ``aux``.
+    resized to the label like the main logits, as PFENet does). ``fg_weight`` weighs foreground pixels
+    in every CE term (1 = the official, unweighted loss). Returns ``loss``, ``main`` and ``aux``.
     """
-    main = segmentation_ce(outputs["logits"], target)
+    main = segmentation_ce(outputs["logits"], target, fg_weight=fg_weight)
     aux_keys = sorted(k for k in outputs if k.startswith(aux_prefix))
     if aux_keys:
-        aux = torch.stack([segmentation_ce(outputs[k], target) for k in aux_keys]).mean()
+        aux = torch.stack([segmentation_ce(outputs[k], target, fg_weight=fg_weight) for k in aux_keys]).mean()
     else:
         aux = main.new_zeros(())
     return {"loss": main + aux_weight * aux, "main": main.detach(), "aux": aux.detach()}

@@ -85,6 +85,9 @@ class DSMFNetParams:
         "(128 nodes on 512 channels, 256 on 1,024; config/paper.yaml uses it), 8 the CPU default's",
         choices=(4, 8),
     )
+    fg_weight: float = opt(
+        1.0, help="weight of foreground pixels in the CE losses (1 = unweighted, as PFENet)", gt=0.0
+    )
     reduce_dim: int = opt(256, help="channels of the reduced per-level features and the classifier", ge=1)
     dropout: float = opt(
         0.5, help="Dropout2d after the per-level 1×1 reductions (PFENet's value)", ge=0.0, le=1.0
@@ -321,4 +324,6 @@ class DSMFNet(FewShotMethod):
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """CE on the main logits + ``aux_weight`` × mean CE of the per-level auxiliary heads (ignore 255)."""
-        return deep_supervision_loss(outputs, batch["query_mask"], self.params.aux_weight)
+        return deep_supervision_loss(
+            outputs, batch["query_mask"], self.params.aux_weight, fg_weight=self.params.fg_weight
+        )

@@ -57,6 +57,12 @@ class PFENetParams:
     )
     dropout: float = opt(0.5, help="Dropout2d after the 1×1 reductions", ge=0.0, le=1.0)
     aux_weight: float = opt(1.0, help="weight of the mean auxiliary (per-scale) CE loss", ge=0.0)
+    fg_weight: float = opt(
+        1.0,
+        help="weight of foreground pixels in the CE losses (1 = official); a short schedule on small objects "
+        "with distractors leaves the unweighted head under-confident (see the README)",
+        gt=0.0,
+    )
     head_init: str = opt(
         "default",
         help="initialisation of the head's convolutions: default (PyTorch's, as the official code) or "
@@ -281,4 +287,6 @@ class PFENet(FewShotMethod):
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """Main CE + ``aux_weight`` × mean of the per-scale auxiliary CEs (ignore index 255)."""
-        return deep_supervision_loss(outputs, batch["query_mask"], self.params.aux_weight)
+        return deep_supervision_loss(
+            outputs, batch["query_mask"], self.params.aux_weight, fg_weight=self.params.fg_weight
+        )

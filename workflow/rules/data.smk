@@ -15,7 +15,9 @@ rule prepare:
         "fsseg prepare {params.args} > {log} 2>&1"
 
 
-# Scheduled before anything else that is ready: every training of its fold waits for it.
+# Scheduled before anything else that is ready: every training of its fold (or, for a backbone on
+# auxiliary classes, every training) waits for it; it takes both cores of a 2-core machine, which
+# nothing else could use meanwhile.
 rule pretrain:
     input:
         prepared=prepared_input,
@@ -27,7 +29,7 @@ rule pretrain:
     priority: 20
     log:
         f"{LOGS}/{{dataset}}/pretrain/{{backbone}}_{{pretrain_scope}}_seed{{pretrain_seed}}.log",
-    threads: 1
+    threads: 2
     resources:
         gpu=1,
         mem_mb=8000,
