@@ -106,6 +106,16 @@ SHARED_FACTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "min_object_px": lambda c: c["dataset"]["min_object_px"],
     "checkpoint_selection": _selection,
 }
+def _weights_text(cfg: dict[str, Any]) -> str:
+    """The backbone's weights; for ``fold_pretrained`` also what ``fsseg pretrain`` trained it on."""
+    weights = cfg["backbone"]["weights"]
+    if weights != "fold_pretrained":
+        return weights
+    if cfg.get("pretrain", {}).get("classes") == "auxiliary":
+        return "fold_pretrained: pretrained once on the dataset's auxiliary classes, which are in no fold"
+    return "fold_pretrained: pretrained on each fold's base classes"
+
+
 #: Facts that may vary (they are axes of the grid or per-method choices); the protocol lists their values.
 LISTED_FACTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "folds": lambda c: c["fold"],
@@ -114,7 +124,7 @@ LISTED_FACTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "train_seeds": lambda c: c["train"]["train_seed"],
     "episode_seeds": lambda c: c["eval"]["episode_seed"],
     "backbones": lambda c: c["backbone"]["name"],
-    "backbone_weights": lambda c: c["backbone"]["weights"],
+    "backbone_weights": lambda c: _weights_text(c),
     "output_strides": lambda c: c["backbone"]["output_stride"],
 }
 

@@ -37,32 +37,23 @@ def resolve_weights(spec: BackboneSpec) -> Path | None:
     """Path of the weights file to load, checked by sha256, or ``None`` for random initialisation."""
     if spec.weights == "none":
         return None
-    if spec.weights == "imagenet" and spec.name in DEEP_STEM_FILES:
-        file_name = DEEP_STEM_FILES[spec.name]
-        path = torch_hub_checkpoint_dir() / file_name
-        if not path.is_file():
-            raise ConfigError(
-                f"ImageNet weights for {spec.name} are not available offline: put PFENet's file {file_name} "
-                f"(the official deep-stem ResNet, PFENet's initmodel/) at {path} (or set TORCH_HOME, or "
-                "backbone.weights to a file path); fsseg never downloads"
-            )
-        if spec.sha256 and sha256_file(path) != spec.sha256:
-            raise ConfigError(
-                f"backbone.weights: {path} does not have the sha256 {spec.sha256} of backbone.sha256"
-            )
-        return path
     if spec.weights == "imagenet":
-        file_name = IMAGENET_FILES[spec.name]
+        deep_stem = spec.name in DEEP_STEM_FILES
+        file_name = DEEP_STEM_FILES[spec.name] if deep_stem else IMAGENET_FILES[spec.name]
         path = torch_hub_checkpoint_dir() / file_name
         if not path.is_file():
-            raise ConfigError(
-                f"ImageNet weights for {spec.name} are not available offline: put torchvision's file "
-                f"{file_name} at {path} (or set TORCH_HOME, or backbone.weights to a file path); "
-                "fsseg never downloads"
+            source = (
+                "PFENet's file (the official deep-stem ResNet, PFENet's initmodel/)"
+                if deep_stem
+                else "torchvision's file"
             )
-        prefix = file_name.rsplit("-", 1)[1].split(".")[0]
-        digest = sha256_file(path)
-        expected = spec.sha256 or prefix
+            raise ConfigError(
+                f"ImageNet weights for {spec.name} are not available offline: put {source} {file_name} at "
+                f"{path} (or set TORCH_HOME, or backbone.weights to a file path); fsseg never downloads"
+            )
+        digest = sha256_file(path) if spec.sha256 or not deep_stem else ""
+        # torchvision's file names carry the first hex digits of their sha256; PFENet's do not.
+        expected = spec.sha256 or ("" if deep_stem else file_name.rsplit("-", 1)[1].split(".")[0])
         if not digest.startswith(expected):
             raise ConfigError(
                 f"weights file {path} has sha256 {digest}, expected {expected}…; the file is corrupt"
