@@ -120,23 +120,3 @@ def deep_supervision_loss(
     else:
         aux = main.new_zeros(())
     return {"loss": main + aux_weight * aux, "main": main.detach(), "aux": aux.detach()}
-
-
-def init_head(modules: list[torch.nn.Module], scheme: str) -> None:
-    """Initialise the convolutions of a method's head (never the backbone's).
-
-    ``default`` keeps PyTorch's default (Kaiming-uniform with a = √5, what the official PFENet code
-    uses): with ReLU and no normalisation each layer then shrinks the signal about threefold, which a
-    long schedule absorbs but a few hundred steps do not. ``kaiming`` is He-normal (fan-in, ReLU),
-    which keeps the activation scale through the head, with zero biases.
-    """
-    if scheme == "default":
-        return
-    if scheme != "kaiming":
-        raise ValueError(f"unknown head initialisation {scheme!r}")
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
-                torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-                if m.bias is not None:
-                    torch.nn.init.zeros_(m.bias)

@@ -16,7 +16,7 @@ from torch import nn
 from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec, Batch, FewShotMethod, TrainRecipe
 from fsseg.models.backbones import build_backbone
-from fsseg.models.ops import deep_supervision_loss, foreground, init_head, masked_average_pool, resize
+from fsseg.models.ops import deep_supervision_loss, foreground, masked_average_pool, resize
 from fsseg.models.prior import high_level_features, prior_stages, resize_mask, training_free_prior
 from fsseg.registry import METHODS
 from fsseg.schema import opt
@@ -62,12 +62,6 @@ class PFENetParams:
         help="weight of foreground pixels in the CE losses (1 = official); a short schedule on small objects "
         "with distractors leaves the unweighted head under-confident (see the README)",
         gt=0.0,
-    )
-    head_init: str = opt(
-        "default",
-        help="initialisation of the head's convolutions: default (PyTorch's, as the official code) or "
-        "kaiming (He-normal, keeps the signal scale through the ReLU head; for short schedules)",
-        choices=("default", "kaiming"),
     )
 
     def validate(self, path: str) -> None:
@@ -178,7 +172,6 @@ class PFENet(FewShotMethod):
         self.res1 = nn.Sequential(*_conv_relu(dim * n_bins, dim, 1))
         self.res2 = _residual_block(dim)
         self.cls = _classifier(dim)
-        init_head([m for name, m in self.named_children() if name != "backbone"], params.head_init)
 
     # --- helpers -----------------------------------------------------------------------------------
     def pyramid_bins(self, height: int, width: int) -> list[tuple[int, int]]:
