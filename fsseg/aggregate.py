@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from fsseg import paths
 from fsseg.atomic import write_bytes, write_json, write_text
 from fsseg.config import read_yaml
 from fsseg.errors import DataError, FssegError
@@ -39,7 +40,7 @@ from fsseg.records import EVALUATION_KEYS, RECORD_COLUMNS
 EVALUATIONS_FILE = "evaluations.csv"
 RECORDS_FILE = "records.csv.gz"
 PROTOCOL_FILE = "protocol.json"
-DIAGNOSTICS_FILE = "diagnostics.csv"
+DIAGNOSTICS_TABLE_FILE = "diagnostics.csv"
 CLASS_PREFIX = "iou__"
 #: Columns of ``diagnostics.csv`` before the scores (one ``score__<name>`` column per diagnostic).
 DIAGNOSTIC_KEY = ("method", "variant", "backbone", "fold", "train_seed", "shot", "episode_seed")
@@ -106,6 +107,8 @@ SHARED_FACTS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "min_object_px": lambda c: c["dataset"]["min_object_px"],
     "checkpoint_selection": _selection,
 }
+
+
 def _weights_text(cfg: dict[str, Any]) -> str:
     """The backbone's weights; for ``fold_pretrained`` also what ``fsseg pretrain`` trained it on."""
     weights = cfg["backbone"]["weights"]
@@ -383,7 +386,7 @@ def aggregate(eval_dirs: Iterable[str | Path], out_dir: str | Path) -> dict[str,
     protocol["classes"] = {str(cid): classes[cid] for cid in sorted(classes)}
 
     out = Path(out_dir)
-    write_text(out / DIAGNOSTICS_FILE, _diagnostics_csv(evaluations))
+    write_text(out / DIAGNOSTICS_TABLE_FILE, _diagnostics_csv(evaluations))
     write_text(out / EVALUATIONS_FILE, buffer.getvalue())
     write_bytes(out / RECORDS_FILE, _gzip(records))
     write_json(out / PROTOCOL_FILE, protocol)
@@ -394,7 +397,7 @@ def _diagnostics_csv(evaluations: Sequence[Evaluation]) -> str:
     """One row per diagnosed evaluation (its ``diagnostics.json``): identity, then every score."""
     rows = []
     for ev in evaluations:
-        path = Path(ev.folder) / "diagnostics.json"
+        path = Path(ev.folder) / paths.DIAGNOSTICS_FILE
         if not path.is_file():
             continue
         document = _read_json(path)
@@ -454,7 +457,7 @@ def load_aggregate(folder: str | Path) -> Aggregate:
     # would name this aggregate, the same for every row, and hide repeated evaluations.
     records = read_record_file(folder / RECORDS_FILE).drop(columns=["source"])
     protocol = json.loads((folder / PROTOCOL_FILE).read_text())
-    diagnostics_path = folder / DIAGNOSTICS_FILE
+    diagnostics_path = folder / DIAGNOSTICS_TABLE_FILE
     diagnostics = (
         pd.read_csv(diagnostics_path, dtype={"method": str, "variant": str, "backbone": str})
         if diagnostics_path.is_file()

@@ -18,6 +18,9 @@ MANIFEST = (
 )
 """A test-episode manifest, shared by every method (``fsseg episodes``)."""
 
+DIAGNOSTICS_FILE = "diagnostics.json"
+"""In an evaluation folder: the support-use diagnostics (``fsseg evaluate --diagnose``)."""
+
 PRETRAINED_BACKBONE = "{output_root}/{dataset}/backbones/{backbone}_{pretrain_scope}_seed{pretrain_seed}.pt"
 """A backbone pretrained by ``fsseg pretrain``: on one fold's base classes (scope ``fold<N>``) or on
 the dataset's auxiliary pretraining classes, shared by every fold (scope ``auxiliary``)."""

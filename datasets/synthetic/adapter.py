@@ -224,8 +224,7 @@ def _write_images(
         # no per-file fsync: the renames keep files whole, and prepare syncs once before the index
         write_bytes(root / image_rel, image_png, fsync=False)
         write_bytes(root / mask_rel, mask_png, fsync=False)
-        n_classes = len(AUXILIARY_CLASSES) if split == PRETRAIN_SPLIT else NUM_CLASSES
-        row = build_index_entry(image_id, image_rel, mask_rel, mask, n_classes)
+        row = build_index_entry(image_id, image_rel, mask_rel, mask, SyntheticAerial.split_num_classes(split))
         # the checksums of the bytes just written, so write_index need not read the files back
         row["image_sha256"] = hashlib.sha256(image_png).hexdigest()
         row["mask_sha256"] = hashlib.sha256(mask_png).hexdigest()

@@ -331,7 +331,7 @@ def generate_sample(
     Benchmark splits: the primary class is ``image_index`` round-robin over the classes, so every
     class is the main class of every 15th image of each split; one or two other classes are added
     (:data:`CLASS_COUNT_PROBABILITIES`). The pretraining split draws its 1–3 classes from
-    :data:`AUXILIARY_CLASSES` (label ids 1..210) and never shows a benchmark class.
+    :data:`AUXILIARY_CLASSES` (label ids 1..30) and never shows a benchmark class.
     """
     rng = np.random.default_rng([seed, split_index, image_index])
     size = image_size

@@ -190,6 +190,11 @@ class DatasetAdapter:
     def class_name(self, class_id: int) -> str:
         return self.class_names[class_id - 1]
 
+    @classmethod
+    def split_num_classes(cls, split: str) -> int:
+        """Label ids 1..N a split's masks may hold: the auxiliary classes in the pretraining split."""
+        return cls.pretrain_num_classes if split == cls.pretrain_split else len(cls.class_names)
+
     def novel_classes(self, fold: int) -> list[int]:
         if not 0 <= fold < len(self.folds):
             raise DataError(
@@ -274,7 +279,7 @@ class DatasetAdapter:
                 f"mask {path} is {mask.shape[1]}x{mask.shape[0]} "
                 f"but its image is {entry.size[1]}x{entry.size[0]}"
             )
-        n_classes = self.pretrain_num_classes if split == self.pretrain_split else self.num_classes
+        n_classes = self.split_num_classes(split)
         bad = np.setdiff1d(np.unique(mask), [*range(n_classes + 1), IGNORE_INDEX])
         if bad.size:
             raise DataError(

@@ -32,7 +32,6 @@ from fsseg.metrics import summarize
 
 SUPPORT_SWAP = "support_swap"
 BASE_CLASSES = "base_classes"
-DIAGNOSTICS_FILE = "diagnostics.json"
 
 
 def swapped_support_manifest(manifest: EpisodeManifest) -> EpisodeManifest:
@@ -110,8 +109,7 @@ def diagnose(
         probes[name] = what
     return {
         "scores": scores,
-        "swap_drop": scores["miou"] - scores[SUPPORT_SWAP],
         "probes": probes,
-        "base_classes": adapter.base_classes(cfg.fold),
+        "base_class_ids": adapter.base_classes(cfg.fold),
         "n_episodes": len(manifest.episodes),
     }

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from fsseg import paths
 from fsseg.atomic import remove_stale_temporaries, write_json, write_yaml
 from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter
@@ -245,14 +246,13 @@ def _evaluate_locked(
     }
     diagnostics = None
     if diagnose:
-        from fsseg.engine.diagnose import DIAGNOSTICS_FILE
         from fsseg.engine.diagnose import diagnose as run_diagnostics
 
         diagnostics = run_diagnostics(method, manifest, adapter, cfg, device, metrics["miou"])
     write_records(out_dir / "records.csv", records)
     write_yaml(out_dir / "config.yaml", cfg.to_dict())
     if diagnostics is not None:
-        write_json(out_dir / DIAGNOSTICS_FILE, {"run_id": rid, "shot": cfg.eval.shot, **diagnostics})
+        write_json(out_dir / paths.DIAGNOSTICS_FILE, {"run_id": rid, "shot": cfg.eval.shot, **diagnostics})
     write_json(out_dir / "summary.json", summary)
     print(
         f"fsseg: {cfg.run_name} {cfg.eval.shot}-shot on {len(records)} episodes: "

@@ -472,7 +472,12 @@ def efficiency_table(rows: Sequence[dict[str, Any]], spec: ReportSpec) -> Table:
     return Table("efficiency", list(EFFICIENCY_COLUMNS), shown, caption, frame, align="llrrl" + "r" * 6)
 
 
-DIAGNOSTIC_LABELS = {"miou": "Class mIoU", "support_swap": "Support swap", "base_classes": "Base classes"}
+DIAGNOSTIC_LABELS = {
+    "miou": "Class mIoU",
+    "support_swap": "Support swap",
+    "swap_drop": "Swap drop",
+    "base_classes": "Base classes",
+}
 
 
 def diagnostics_table(diagnostics: pd.DataFrame, spec: ReportSpec, protocol: dict[str, Any]) -> Table:
@@ -486,18 +491,17 @@ def diagnostics_table(diagnostics: pd.DataFrame, spec: ReportSpec, protocol: dic
     scores = sorted(c[len(SCORE_PREFIX) :] for c in diagnostics.columns if c.startswith(SCORE_PREFIX))
     fixed = [s for s in ("miou", "support_swap") if s in scores]
     others = [s for s in scores if s not in fixed]
-    columns = ["Method", "Shot", *(DIAGNOSTIC_LABELS.get(s, s) for s in fixed)]
-    columns += ["Swap drop"] if len(fixed) == 2 else []
-    columns += [DIAGNOSTIC_LABELS.get(s, s) for s in others]
+    with_drop = len(fixed) == 2
+    names = [*fixed, *(["swap_drop"] if with_drop else []), *others]
+    columns = ["Method", "Shot", *(DIAGNOSTIC_LABELS.get(n, n) for n in names)]
     shown, data = [], []
     for ref in spec.all_runs:
         mine = diagnostics[(diagnostics["method"] == ref.method) & (diagnostics["variant"] == ref.variant)]
         for shot in sorted(mine["shot"].unique()) if len(mine) else []:
             at = mine[mine["shot"] == shot].copy()
-            if len(fixed) == 2:
-                at["score__swap_drop"] = at[f"{SCORE_PREFIX}miou"] - at[f"{SCORE_PREFIX}support_swap"]
+            if with_drop:
+                at[f"{SCORE_PREFIX}swap_drop"] = at[f"{SCORE_PREFIX}miou"] - at[f"{SCORE_PREFIX}support_swap"]
             units = at.groupby(["fold", "train_seed"]).mean(numeric_only=True)
-            names = [*fixed, *(["swap_drop"] if len(fixed) == 2 else []), *others]
             cells, values = [], {}
             for name in names:
                 column = units[f"{SCORE_PREFIX}{name}"]

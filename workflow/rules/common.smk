@@ -110,12 +110,11 @@ def runs(tag):
                     for seed in GRID["train_seeds"]:
                         out.append((method, variant, fold, train_shot, seed, tuple(GRID["test_shots"])))
     ablation_folds = ABLATIONS.get("folds", dataset_folds(tag))
-    ablation_shots = tuple(GRID["test_shots"])
     for variant in ABLATIONS.get("variants", []):
         for fold in ablation_folds:
             for train_shot in GRID["train_shots"]:
                 for seed in GRID["train_seeds"]:
-                    out.append((FLAGSHIP["method"], variant, fold, train_shot, seed, ablation_shots))
+                    out.append((FLAGSHIP["method"], variant, fold, train_shot, seed, tuple(GRID["test_shots"])))
     return sorted(set(out))
 
 
@@ -216,7 +215,7 @@ def run_eval_outputs(name):
 
 
 def run_diagnostics_outputs():
-    return [run_eval_dir(shot, seed) + "/diagnostics.json" for shot in DIAGNOSE_SHOTS
+    return [run_eval_dir(shot, seed) + "/" + paths.DIAGNOSTICS_FILE for shot in DIAGNOSE_SHOTS
             for seed in GRID["episode_seeds"]]
 
 
@@ -259,15 +258,6 @@ def backbone_input(wildcards):
         return []
     return BACKBONE.format(**path_fields(wildcards.dataset, fold=wildcards.fold, backbone=wildcards.backbone,
                                          pretrain_scope=pretrain_scope(wildcards.dataset, wildcards.fold)))
-
-
-def train_done(wildcards):
-    return RUN_DIR.format(**wildcards) + "/train_summary.json"
-
-
-def manifest_input(wildcards):
-    return MANIFEST.format(**path_fields(wildcards.dataset, fold=wildcards.fold, shot=wildcards.shot,
-                                         episode_seed=wildcards.episode_seed))
 
 
 def eval_dirs(tag):
