@@ -110,7 +110,12 @@ class TrainConfig:
         "null = the recipe's value",
     )
     checkpoint_every: int = opt(100, help="iterations between resumable checkpoints", ge=1)
-    log_every: int = opt(10, help="iterations between progress lines and log rows", ge=1)
+    log_every: int = opt(
+        10,
+        help="iterations between progress lines and log rows; a row holds the mean loss over those "
+        "iterations (the first row: iteration 1 alone, the untrained model's loss)",
+        ge=1,
+    )
     num_workers: int = opt(0, help="data-loader worker processes", ge=0)
     selection: Literal["last", "best_val"] = opt(
         "last", help="which checkpoint to keep: the last, or the best on validation episodes"

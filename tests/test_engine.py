@@ -183,3 +183,33 @@ def test_same_config_and_threads_give_identical_weights_and_records(toy_config, 
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert (eval_a / "records.csv").read_bytes() == (eval_b / "records.csv").read_bytes()
+
+
+def test_log_rows_hold_window_means_and_survive_a_resume(toy_config, tmp_path):
+    """Row 1 is the untrained model's loss; later rows average every iteration since the previous row,
+    also when a kill splits a window (the checkpoint carries the partial sums)."""
+    sets = ("train.iterations=7", "train.log_every=4", "train.checkpoint_every=3")
+    full = train(toy_config(*sets, f"output_root={tmp_path}/a"))
+    cfg = toy_config(*sets, f"output_root={tmp_path}/b")
+
+    def kill_at_5(iteration):
+        if iteration == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, on_iteration=kill_at_5)
+    resumed = train(cfg)
+
+    def rows(run_dir):
+        return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+
+    assert [row["iteration"] for row in rows(full)] == [1, 4, 7]
+    for a, b in zip(rows(full), rows(resumed), strict=True):
+        assert a["iteration"] == b["iteration"] and a["loss"] == pytest.approx(b["loss"], rel=1e-12)
+    # each row is the mean of the per-iteration losses of its window (a run logging every iteration)
+    every = train(toy_config("train.iterations=7", "train.log_every=1", "train.checkpoint_every=3",
+                             f"output_root={tmp_path}/c"))  # fmt: skip
+    losses = [row["loss"] for row in rows(every)]
+    assert len(losses) == 7
+    expected = [losses[0], sum(losses[1:4]) / 3, sum(losses[4:7]) / 3]
+    assert [row["loss"] for row in rows(full)] == pytest.approx(expected, rel=1e-9)

@@ -6,7 +6,9 @@ Outputs in the run folder (``ExperimentConfig.run_dir``):
 * ``checkpoint.pt``: model, optimizer, scheduler, RNG state and iteration, written atomically
   every ``train.checkpoint_every`` iterations; a rerun after a kill resumes from it and ends with
   the same weights as an uninterrupted run;
-* ``train_log.jsonl``: one row per ``train.log_every`` iterations (loss terms, lr, rate);
+* ``train_log.jsonl``: a row after the first iteration (the loss of the untrained model), then one
+  every ``train.log_every`` iterations and at the end, each with the mean of every loss term over
+  the iterations since the previous row (``LossWindow``), the lr and the rate;
 * ``model.pt``: the selected weights (last, or best on validation episodes), written at the end;
 * ``train_summary.json``: written last; its presence marks a finished run.
 """
@@ -57,6 +59,32 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 SUMMARY = "train_summary.json"
 LOG = "train_log.jsonl"
+
+
+class LossWindow:
+    """Sums of the loss terms since the last log row; the checkpoint saves them, so a resumed run
+    logs the same means as an uninterrupted one."""
+
+    def __init__(self, sums: dict[str, float] | None = None, count: int = 0) -> None:
+        self.sums: dict[str, float] = dict(sums or {})
+        self.count = count
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> LossWindow:
+        return cls(state["sums"], state["count"]) if state else cls()
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count}
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for key, value in losses.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value.detach())
+        self.count += 1
+
+    def pop_means(self) -> dict[str, float]:
+        means = {key: total / self.count for key, total in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -167,10 +195,12 @@ def _train_locked(
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start = state["iteration"]
         best = state["best"]
+        window = LossWindow.from_state(state.get("log_window"))
         print(f"fsseg: resuming {run_dir} from iteration {start}", file=sys.stderr)
     else:
         # Dropout and other in-training randomness draw from this stream; the checkpoint saves it.
         torch.manual_seed(cfg.train.train_seed + 1)
+        window = LossWindow()
     # Rows past the checkpoint (or every row, without one) are rewritten by this run: the log then
     # holds each iteration once, even after a kill or a failed write at the first checkpoint.
     _truncate_log(run_dir / LOG, start)
@@ -216,13 +246,14 @@ def _train_locked(
         optimizer.step()
         scheduler.step()
         iteration += 1
-        if iteration % cfg.train.log_every == 0 or iteration == total:
+        window.add(losses)
+        if iteration == 1 or iteration % cfg.train.log_every == 0 or iteration == total:
             row = {
                 "iteration": iteration,
                 "lr": optimizer.param_groups[0]["lr"],
                 "rate_it_s": progress.rate(iteration),
             }
-            row.update({k: float(v.detach()) for k, v in losses.items()})
+            row.update(window.pop_means())
             log_rows.append(json.dumps(row))
             terms = " ".join(f"{k} {row[k]:.4f}" for k in losses)
             progress.update(iteration, terms)
@@ -245,6 +276,7 @@ def _train_locked(
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "iteration": iteration,
                 "best": best,
+                "log_window": window.state(),
             }
             save_torch(checkpoint_path, state)
         if on_iteration is not None:

@@ -1,0 +1,124 @@
+"""The learning check (slow): every trainable method of the default grid, trained briefly on a small
+synthetic benchmark, must (a) beat the colour floor on held-out novel classes by ``FLOOR_MARGIN`` points
+of class mIoU and (b) lose at least ``SWAP_MARGIN`` points when every test episode's support is taken
+from an episode of another novel class (``fsseg evaluate --diagnose``).
+
+The checks can fail, and the test shows it on every run: the support-blind control ``query_only``
+(PFENet's frozen backbone and features, a small head on the query alone, trained the same way) passes
+(a), since segmenting every object that looks like an object is worth a lot here, and must fail (b),
+since its logits cannot depend on the support. A model whose support path is broken (the mask
+ignored, or the prototype of a wrong class) is such a model as far as the swap can tell.
+
+Settings: one fold of the default benchmark (fold 0, train seed 0, 64-px images; fewer val and test
+images), the shared backbone pretrained as the default grid does (1,500 steps on the auxiliary
+classes), each method with its default CPU recipe and the default grid's ``method_overrides``
+(config/default.yaml), 100 one-shot test episodes. The pretraining is most of the cost and was not
+cut: pretrained for 600 or 1,000 steps on half the pretraining images, PANet's swap drop fell to
+between -0.1 and 1.4 points (its features no longer told the classes apart), which is what this test
+is there to catch. Measured on the 2-core AMD EPYC development machine (class mIoU %, points):
+
+    | method | class mIoU | swap drop | (a) | (b) |
+    | --- | ---: | ---: | --- | --- |
+    | colour_floor | 7.0 | 0.2 | | |
+    | panet | 28.0 | 6.3 | pass | pass |
+    | pfenet | 26.5 | 0.1 | pass | **fail** (expected) |
+    | dsmfnet | 25.8 | 5.6 | pass | pass |
+    | query_only (control) | 23.3 | 0.0 | pass | **fail** (required) |
+
+The whole test took 4 min 45 s there (the backbone pretraining about 3.5 of them).
+
+PFENet fails (b) at this budget (it scores like the query-only control and does not drop under the
+swap; methods/pfenet/README.md has the measurements), so its case is a strict expected failure: the
+day it starts using its support, the test says so and the mark must go.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from datasets.synthetic.adapter import SyntheticAerial
+from fsseg.config import load_config
+from fsseg.engine.evaluate import evaluate_run
+from fsseg.engine.pretrain import pretrain_backbone
+from fsseg.engine.train import train
+from fsseg.paths import DIAGNOSTICS_FILE
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = REPO / "config" / "experiments" / "synthetic.yaml"
+GRID = REPO / "config" / "default.yaml"
+
+FLOOR_MARGIN = 10.0
+"""Points of class mIoU above the colour floor a method must reach (issue 10's grid threshold)."""
+SWAP_MARGIN = 3.0
+"""Points a method must lose when the support shows another class."""
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small synthetic benchmark, a pretrained backbone and the colour floor's score, made once."""
+    base = tmp_path_factory.mktemp("learning")
+    data = base / "data"
+    SyntheticAerial.prepare(data, seed=0, image_size=64, n_val=300, n_test=600, progress=False)
+    common = [
+        f"output_root={base / 'results'}",
+        f"dataset.root={data}",
+        "fold=0",
+        "train.train_seed=0",
+    ]
+    pretrain_backbone(load_config([EXPERIMENT], common))
+    floor = _score(common, "colour_floor")
+    return {"common": common, "floor": floor}
+
+
+def _overrides(method: str) -> list[str]:
+    """The default grid's settings of this method (one source: config/default.yaml)."""
+    grid = yaml.safe_load(GRID.read_text())
+    return list((grid.get("method_overrides") or {}).get(method, []))
+
+
+def _score(common: list[str], method: str) -> dict[str, float]:
+    cfg = load_config([EXPERIMENT], [*common, f"method.name={method}", *_overrides(method)])
+    train(cfg)
+    (out,) = evaluate_run(cfg, shots=[1], episode_seeds=[0], diagnose_shots=[1])
+    scores = json.loads((out / DIAGNOSTICS_FILE).read_text())["scores"]
+    return {"miou": 100 * scores["miou"], "swap_drop": 100 * (scores["miou"] - scores["support_swap"])}
+
+
+def _passes(score: dict[str, float], floor: dict[str, float]) -> tuple[bool, bool]:
+    return score["miou"] >= floor["miou"] + FLOOR_MARGIN, score["swap_drop"] >= SWAP_MARGIN
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "panet",
+        pytest.param(
+            "pfenet",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="PFENet does not use its support at the CPU budget (methods/pfenet/README.md)",
+            ),
+        ),
+        "dsmfnet",
+    ],
+)
+def test_method_beats_the_floor_and_drops_under_a_support_swap(bench: dict, method: str) -> None:
+    score = _score(bench["common"], method)
+    beats_floor, drops = _passes(score, bench["floor"])
+    facts = f"{method}: {score}, floor {bench['floor']['miou']:.1f}"
+    assert beats_floor, f"{facts}: not {FLOOR_MARGIN} points above the floor"
+    assert drops, f"{facts}: drops less than {SWAP_MARGIN} points under a support swap"
+
+
+def test_query_only_control_beats_the_floor_but_fails_the_swap_check(bench: dict) -> None:
+    score = _score(bench["common"], "query_only")
+    beats_floor, drops = _passes(score, bench["floor"])
+    assert beats_floor, f"query_only: {score}: the control should learn to segment objects"
+    assert not drops, f"query_only: {score}: a model that never reads its support dropped under a swap"
+    assert score["swap_drop"] == 0.0
