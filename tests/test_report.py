@@ -293,6 +293,42 @@ def test_best_mean_per_column_is_bold(fake_report):
     assert "\\multicolumn{3}{c}{1-shot}" in tex and "\\cmidrule(lr){2-4}" in tex
 
 
+def test_methods_that_do_not_use_their_support_are_marked_and_never_bold(fake_report):
+    """The ‡ of the main tables comes from the diagnostics: a swap drop under ``min_swap_drop`` points."""
+    from fsseg.aggregate import SCORE_PREFIX
+    from fsseg.report import tables
+    from fsseg.report.results import select_runs
+    from fsseg.report.spec import load_spec
+
+    spec = load_spec(fake_report["root"] / "spec.yaml")
+    rows = []
+    for method, drop in (("panet", 0.005), ("colour_floor", 0.25)):  # panet: 0.5 points; floor: 25
+        for fold in FOLDS:
+            for train_seed in TRAIN_SEEDS:
+                scores = {"miou": 0.5, "support_swap": 0.5 - drop}
+                rows.append(
+                    {"method": method, "variant": "default", "shot": 1, "fold": fold,
+                     "train_seed": train_seed, "episode_seed": 0,
+                     **{SCORE_PREFIX + k: v for k, v in scores.items()}}
+                )  # fmt: skip
+    flagged = tables.support_unused(pd.DataFrame(rows), spec)
+    assert flagged == {"panet": pytest.approx(0.5)}
+    assert tables.support_unused(pd.DataFrame(), spec) == {}
+
+    agg = fake_report["agg"]
+    runs = select_runs(agg, spec.all_runs, spec.shots)
+    protocol = agg.protocol
+    table = tables.main_table("main_miou", "miou", runs, spec, protocol, flagged)
+    labels = [row[0] for row in table.rows]
+    assert f"panet {tables.SUPPORT_UNUSED_MARK}" in labels and "colour floor" in labels
+    flagship_row = labels.index(f"panet {tables.SUPPORT_UNUSED_MARK}")
+    assert not any(r == flagship_row for r, _ in table.bold)  # the better score is not bold when flagged
+    assert {c for _, c in table.bold} == set(range(1, len(table.columns)))  # the next best is, everywhere
+    assert "‡: the score falls by less than 2 points" in table.caption and "panet (+0.5)" in table.caption
+    plain = tables.main_table("main_miou", "miou", runs, spec, protocol)
+    assert "‡" not in plain.caption and all("‡" not in row[0] for row in plain.rows)
+
+
 def _run_records(agg, method: str, variant: str, shot: int) -> pd.DataFrame:
     r = agg.records
     return r[(r["method"] == method) & (r["variant"] == variant) & (r["shot"] == shot)].reset_index(drop=True)

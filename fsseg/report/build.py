@@ -152,9 +152,10 @@ def build_report(
     ablation = next((f for f in families if f.kind == "ablations"), None)
     bench_rows = _order_bench_rows(read_bench_files(efficiency_files), spec)
 
+    unused_support = tables.support_unused(agg.diagnostics, spec)
     built = [
-        tables.main_table("main_miou", "miou", runs, spec, protocol),
-        tables.main_table("main_fbiou", "fbiou", runs, spec, protocol),
+        tables.main_table("main_miou", "miou", runs, spec, protocol, unused_support),
+        tables.main_table("main_fbiou", "fbiou", runs, spec, protocol, unused_support),
         tables.ablation_table(runs, ablation, spec, protocol),
         tables.significance_table(families, spec, protocol),
         tables.efficiency_table(bench_rows, spec),

@@ -139,6 +139,7 @@ def main_caption(
     n_episode_seeds: int,
     train_shots: dict[int, list[int]],
     missing: Sequence[str],
+    unused_support: dict[str, float] | None = None,
 ) -> str:
     short = METRIC_SHORT[metric]
     spread = f"mean ± sd over {n_train_seeds} train seeds" if n_train_seeds > 1 else "one train seed (no sd)"
@@ -151,9 +152,22 @@ def main_caption(
             f"Each cell: {spread}; a train seed's score on a fold is its {short} averaged over "
             f"{_plural(n_episode_seeds, 'episode seed')}, and the Mean column first averages each train "
             "seed over the folds. Bold: the best mean in each column",
+            unused_support_note(spec, unused_support or {}),
             training_note(train_shots),
             missing_note(missing),
         ],
+    )
+
+
+def unused_support_note(spec: ReportSpec, unused_support: dict[str, float]) -> str:
+    """The main tables' ‡: which methods' scores do not depend on their support (empty when none)."""
+    if not unused_support:
+        return ""
+    which = ", ".join(f"{label} ({drop:+.1f})" for label, drop in unused_support.items())
+    return (
+        f"‡: the score falls by less than {spec.min_swap_drop:g} points when every test episode's support "
+        f"is taken from another class (diagnostics table; drop in points: {which}), so it is reachable "
+        "without using the support: not a few-shot result, and never bold"
     )
 
 

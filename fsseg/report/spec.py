@@ -67,6 +67,13 @@ class ReportSpec:
     caption_extra: str = opt("", help="sentence appended to every caption")
     alpha: float = opt(0.05, help="level at which a Holm-adjusted p is marked", gt=0, lt=1)
     qualitative_rows: int = opt(8, help="at most this many episodes in the qualitative grid", ge=1)
+    min_swap_drop: float = opt(
+        2.0,
+        help="points of class mIoU a method must lose under a support swap (diagnostics, smallest "
+        "diagnosed shot) for its main-table scores to count as few-shot results; the main tables mark "
+        "the methods below it",
+        ge=0,
+    )
 
     def validate(self, path: str) -> None:
         labels = [r.display for r in self.main_runs + self.ablations]

@@ -30,9 +30,11 @@ from fsseg.report.results import (
     restrict_to_units,
     significant,
 )
-from fsseg.report.spec import ReportSpec
+from fsseg.report.spec import ReportSpec, RunRef
 
 DASH = "–"
+SUPPORT_UNUSED_MARK = "‡"
+"""Marks, in the main tables, a method whose score hardly falls under a support swap."""
 DAGGER = "†"
 
 
@@ -229,8 +231,13 @@ def main_table(
     runs: dict[tuple[str, int], Run],
     spec: ReportSpec,
     protocol: dict[str, Any],
+    unused_support: dict[str, float] | None = None,
 ) -> Table:
-    """Rows: baselines then flagship; columns: each fold and the mean, per test shot; mean ± sd over seeds."""
+    """Rows: baselines then flagship; columns: each fold and the mean, per test shot; mean ± sd over seeds.
+
+    ``unused_support`` (label → swap drop, :func:`support_unused`): these methods are marked
+    ``SUPPORT_UNUSED_MARK`` and never bold: their scores are reachable without the support."""
+    unused_support = unused_support or {}
     folds = [int(f) for f in protocol["folds"]]
     fold_columns: list[int | str] = [*folds, MEAN]
     columns = ["Method"]
@@ -242,7 +249,7 @@ def main_table(
     train_seed_counts, episode_seed_counts, missing = set(), set(), []
     train_shots: dict[int, list[int]] = {}
     for ref in spec.main_runs:
-        row = [ref.display]
+        row = [ref.display + (f" {SUPPORT_UNUSED_MARK}" if ref.display in unused_support else "")]
         for shot in spec.shots:
             run = runs.get((ref.display, shot))
             if run is None:
@@ -272,7 +279,10 @@ def main_table(
                     }
                 )
         rows.append(row)
-    bold = {(r, c) for c in range(1, len(columns)) for r in _best_rows(rows, c)}
+    trusted = [r for r, ref in enumerate(spec.main_runs) if ref.display not in unused_support]
+    bold = {
+        (trusted[r], c) for c in range(1, len(columns)) for r in _best_rows([rows[i] for i in trusted], c)
+    }
     caption = captions.main_caption(
         spec,
         protocol,
@@ -281,6 +291,7 @@ def main_table(
         max(episode_seed_counts, default=0),
         train_shots,
         missing,
+        unused_support,
     )
     frame = pd.DataFrame(
         data,
@@ -480,6 +491,39 @@ DIAGNOSTIC_LABELS = {
 }
 
 
+def _diagnostic_units(diagnostics: pd.DataFrame, ref: RunRef) -> list[tuple[int, pd.DataFrame]]:
+    """Per diagnosed shot (ascending) of one run: its scores per unit (fold × train seed), each unit's
+    averaged over episode seeds, with ``swap_drop`` (class mIoU − swap score) when both are there."""
+    from fsseg.aggregate import SCORE_PREFIX
+
+    if diagnostics.empty:
+        return []
+    mine = diagnostics[(diagnostics["method"] == ref.method) & (diagnostics["variant"] == ref.variant)]
+    out = []
+    for shot in sorted(mine["shot"].unique()):
+        at = mine[mine["shot"] == shot].copy()
+        if {f"{SCORE_PREFIX}miou", f"{SCORE_PREFIX}support_swap"} <= set(at.columns):
+            at[f"{SCORE_PREFIX}swap_drop"] = at[f"{SCORE_PREFIX}miou"] - at[f"{SCORE_PREFIX}support_swap"]
+        out.append((int(shot), at.groupby(["fold", "train_seed"]).mean(numeric_only=True)))
+    return out
+
+
+def support_unused(diagnostics: pd.DataFrame, spec: ReportSpec) -> dict[str, float]:
+    """Display label → mean swap drop (points) of the runs whose drop at their smallest diagnosed shot is
+    below ``spec.min_swap_drop``: scores reachable without using the support."""
+    from fsseg.aggregate import SCORE_PREFIX
+
+    flagged = {}
+    for ref in spec.all_runs:
+        per_shot = _diagnostic_units(diagnostics, ref)
+        if not per_shot or f"{SCORE_PREFIX}swap_drop" not in per_shot[0][1].columns:
+            continue
+        drop = 100 * float(per_shot[0][1][f"{SCORE_PREFIX}swap_drop"].mean())
+        if drop < spec.min_swap_drop:
+            flagged[ref.display] = drop
+    return flagged
+
+
 def diagnostics_table(diagnostics: pd.DataFrame, spec: ReportSpec, protocol: dict[str, Any]) -> Table:
     """Does each method use its support? Class mIoU, under a support swap, on base classes, with probes.
 
@@ -496,12 +540,7 @@ def diagnostics_table(diagnostics: pd.DataFrame, spec: ReportSpec, protocol: dic
     columns = ["Method", "Shot", *(DIAGNOSTIC_LABELS.get(n, n) for n in names)]
     shown, data = [], []
     for ref in spec.all_runs:
-        mine = diagnostics[(diagnostics["method"] == ref.method) & (diagnostics["variant"] == ref.variant)]
-        for shot in sorted(mine["shot"].unique()) if len(mine) else []:
-            at = mine[mine["shot"] == shot].copy()
-            if with_drop:
-                at[f"{SCORE_PREFIX}swap_drop"] = at[f"{SCORE_PREFIX}miou"] - at[f"{SCORE_PREFIX}support_swap"]
-            units = at.groupby(["fold", "train_seed"]).mean(numeric_only=True)
+        for shot, units in _diagnostic_units(diagnostics, ref):
             cells, values = [], {}
             for name in names:
                 column = units[f"{SCORE_PREFIX}{name}"]

@@ -347,6 +347,7 @@ def report_spec(wildcards):
         "ablations": [{"method": FLAGSHIP["method"], "variant": v} for v in ABLATIONS.get("variants", [])],
         "shots": list(GRID["test_shots"]),
         "bootstrap": {"iterations": STATS.get("bootstrap_iterations", 2000), "seed": STATS.get("seed", 0)},
+        "min_swap_drop": DIAGNOSTICS.get("min_swap_drop", 2.0),
     }
 
 
