@@ -1,34 +1,63 @@
+"""PANet: shapes and loss terms, logits against a hand computation, the official recipe and parameter
+count, learning (plus the colour floor's one check)."""
+
+from __future__ import annotations
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fsseg.method import BackboneSpec
 from fsseg.models.ops import masked_average_pool
+from fsseg.registry import METHODS
 from methods.colour_floor import ColourFloor
 from methods.panet import PANet
+from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
+
+SIZE = (32, 32)
+
+# VGG-16 (configuration D) up to conv5_3: (in, out) channels of its 13 3×3 convolutions.
+VGG16_CONVS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 512)]
+VGG16_CONVS += [(512, 512)] * 5
 
 
-def _episode(b=2, k=1, size=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(b, k, size, size, dtype=torch.long)
-    masks[..., 8:20, 10:24] = 1
-    masks[..., 0, 0] = 255
-    query_mask = torch.zeros(b, size, size, dtype=torch.long)
-    query_mask[:, 12:26, 4:18] = 1
-    return {
-        "query_img": torch.randn(b, 3, size, size, generator=g),
-        "support_imgs": torch.randn(b, k, 3, size, size, generator=g),
-        "support_masks": masks,
-        "query_mask": query_mask,
-    }
+def build(variant: str = "default", backbone: str = "resnet18") -> PANet:
+    torch.manual_seed(0)
+    return PANet(PANet.resolve_params(variant), BackboneSpec(name=backbone))
+
+
+def official_params() -> int:
+    """Parameters of the official PANet (kaixin96/PANet): its encoder is VGG-16's 13 convolutions with
+    biases (models/vgg.py:22-32) and the few-shot model adds no layer (models/fewshot.py:32-33)."""
+    return sum(c_in * c_out * 3 * 3 + c_out for c_in, c_out in VGG16_CONVS)
+
+
+def test_registered_with_the_official_recipe() -> None:
+    assert METHODS.get("panet") is PANet
+    assert PANet.recipe("default") == PANet.recipe("synthetic")
+    official = PANet.recipe("official")  # kaixin96/PANet config.py:36-39, 55-59
+    assert (official.optimizer, official.momentum, official.weight_decay) == ("sgd", 0.9, 5e-4)
+    assert official.lr == 1e-3
+    assert (official.schedule, official.lr_steps, official.lr_gamma) == ("step", (10_000, 20_000), 0.1)
+    assert (official.iterations, official.batch_size, official.augment) == (30_000, 1, "panet")
+
+
+def test_parameter_count_equals_the_official_vgg16_encoder() -> None:
+    model = build(backbone="vgg16")
+    expected = official_params()
+    assert expected == 14_714_688  # the number quoted in methods/panet/README.md
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert sum(p.numel() for p in model.backbone.parameters()) == expected  # nothing outside the encoder
+    assert all(p.requires_grad for p in model.parameters())  # fine-tuned whole, as train.py:76
+    # the synthetic default's backbone: ResNet-18 up to layer3, also trained whole
+    assert sum(p.numel() for p in build().parameters() if p.requires_grad) == 2_782_784
 
 
 @pytest.mark.parametrize("shot", [1, 5])
 def test_panet_shapes_and_loss_terms(shot):
-    torch.manual_seed(0)
-    model = PANet(PANet.resolve_params("default"), BackboneSpec(name="resnet18"))
+    model = build()
     model.train()
-    batch = _episode(k=shot)
+    batch = make_episode(batch=2, shots=shot, size=SIZE)
     out = model(batch)
     assert out["logits"].shape == (2, 2, 32, 32)
     losses = model.loss(out, batch)
@@ -40,9 +69,8 @@ def test_panet_shapes_and_loss_terms(shot):
 
 
 def test_panet_logits_are_scaled_cosines_of_masked_average_prototypes():
-    torch.manual_seed(0)
-    model = PANet(PANet.resolve_params("default"), BackboneSpec(name="resnet18")).eval()
-    batch = _episode(b=1, k=2)
+    model = build().eval()
+    batch = make_episode(batch=1, shots=2, size=SIZE)
     with torch.inference_mode():
         logits = model(batch)["logits"]
         fs = model._features(batch["support_imgs"][0])
@@ -55,15 +83,15 @@ def test_panet_logits_are_scaled_cosines_of_masked_average_prototypes():
         fg_ref = ((up * (m == 1)[:, None]).sum((2, 3)) / ((m == 1).sum((1, 2))[:, None] + 1e-5)).mean(0)
         assert torch.allclose(fg, fg_ref, atol=1e-5)
         cos = torch.stack([F.cosine_similarity(fq[0], p[:, None, None], dim=0) for p in (bg, fg)])
-        expected = F.interpolate(20 * cos[None], size=(32, 32), mode="bilinear", align_corners=False)
+        expected = F.interpolate(20 * cos[None], size=SIZE, mode="bilinear", align_corners=False)
     assert torch.allclose(logits, expected, atol=1e-4)
 
 
 def test_panet_loss_falls_on_a_fixed_tiny_episode():
-    torch.manual_seed(0)
-    model = PANet(PANet.resolve_params("default"), BackboneSpec(name="resnet18"))
+    """Training-mode loss (query CE + PAR) under the official optimizer type, SGD with momentum."""
+    model = build()
     model.train()
-    batch = _episode(b=2, k=1)
+    batch = make_episode(batch=2, shots=1, size=SIZE)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     losses = []
     for _ in range(15):
@@ -75,9 +103,13 @@ def test_panet_loss_falls_on_a_fixed_tiny_episode():
     assert losses[-1] < 0.6 * losses[0]
 
 
+def test_a_few_steps_lower_the_loss() -> None:
+    assert_a_few_steps_lower_the_loss(build())
+
+
 def test_no_align_variant_has_no_alignment_term():
-    model = PANet(PANet.resolve_params("no_align"), BackboneSpec(name="resnet18")).train()
-    batch = _episode()
+    model = build("no_align").train()
+    batch = make_episode(size=SIZE)
     assert set(model.loss(model(batch), batch)) == {"loss", "main"}
 
 
