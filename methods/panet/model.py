@@ -60,7 +60,8 @@ class PANet(FewShotMethod):
             iterations=100,
             batch_size=8,
             description="reduced recipe for the 2-core CPU synthetic default: the official optimizer and lr "
-            "(SGD 1e-3), 100 steps of 8 episodes from the fold's base-class backbone",
+            "(SGD 1e-3), 100 steps of 8 episodes, the whole network fine-tuned from the experiment's "
+            "pretrained backbone (the synthetic default: the one pretrained on the auxiliary classes)",
         ),
     }
     recipes["default"] = recipes["synthetic"]
