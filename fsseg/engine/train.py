@@ -29,8 +29,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from fsseg.atomic import remove_stale_temporaries, save_torch, write_json, write_text, write_yaml
-from fsseg.config import ExperimentConfig
-from fsseg.data.episodes import TrainEpisodeSampler
+from fsseg.config import ExperimentConfig, config_from_dict, read_yaml
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.episodes import TrainEpisodeSampler, build_test_manifest
 from fsseg.data.loading import TrainEpisodes, collate_episodes
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import (
@@ -43,8 +44,13 @@ from fsseg.engine.build import (
     run_id,
     training_identity,
 )
+from fsseg.engine.infer import InferenceSettings, class_miou, to_device
 from fsseg.engine.progress import Progress, format_duration
 from fsseg.engine.run_state import (
+    CHECKPOINT,
+    LOG,
+    MODEL,
+    SUMMARY,
     check_finished_weights,
     check_finite_training,
     check_finite_weights_to_save,
@@ -54,11 +60,6 @@ from fsseg.engine.run_state import (
 from fsseg.errors import ConfigError, TrainingDiverged
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
-
-CHECKPOINT = "checkpoint.pt"
-MODEL = "model.pt"
-SUMMARY = "train_summary.json"
-LOG = "train_log.jsonl"
 
 
 class LossWindow:
@@ -87,12 +88,6 @@ class LossWindow:
         return means
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
-
-
 def _check_same_run(run_dir: Path, cfg: ExperimentConfig, replace_changed: bool = False) -> None:
     """Refuse to resume or overwrite a run folder that holds a run of another training config.
 
@@ -102,8 +97,6 @@ def _check_same_run(run_dir: Path, cfg: ExperimentConfig, replace_changed: bool 
     stored_path = run_dir / "config.yaml"
     if not stored_path.is_file():
         return
-    from fsseg.config import config_from_dict, read_yaml
-
     stored = config_from_dict(read_yaml(stored_path))
     if training_identity(stored) != training_identity(cfg):
         if replace_changed:
@@ -376,11 +369,8 @@ class _Validator:
     """Class-wise mIoU on a fixed validation manifest (novel classes, val split, never the test split)."""
 
     def __init__(
-        self, cfg: ExperimentConfig, adapter: Any, method: FewShotMethod, device: torch.device
+        self, cfg: ExperimentConfig, adapter: DatasetAdapter, method: FewShotMethod, device: torch.device
     ) -> None:
-        from fsseg.data.episodes import build_test_manifest
-
-        self.cfg = cfg
         self.method = method
         self.device = device
         self.adapter = adapter
@@ -393,12 +383,9 @@ class _Validator:
             split=adapter.val_split,
             min_object_px=cfg.dataset.min_object_px,
         )
+        self.settings = InferenceSettings(
+            cfg.dataset.image_size, cfg.dataset.label_resolution, cfg.eval.batch_size, cfg.eval.num_workers
+        )
 
     def score(self) -> float:
-        from fsseg.engine.evaluate import run_episodes
-        from fsseg.metrics import summarize
-
-        records = run_episodes(
-            self.method, self.manifest, self.adapter, self.cfg, self.device, progress_label=None
-        )
-        return summarize(records, self.manifest.header["novel_classes"])["miou"]
+        return class_miou(self.method, self.manifest, self.adapter, self.settings, self.device)
