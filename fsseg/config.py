@@ -118,11 +118,19 @@ class TrainConfig:
     )
     num_workers: int = opt(0, help="data-loader worker processes", ge=0)
     selection: Literal["last", "best_val"] = opt(
-        "last", help="which checkpoint to keep: the last, or the best on validation episodes"
+        "last",
+        help="which weights model.pt holds: the last, or those with the best class mIoU on the validation "
+        "episodes (train.val_*; fixed by the training config alone, no eval.* key changes them)",
     )
     val_every: int = opt(200, help="iterations between validations when selection is best_val", ge=1)
-    val_episodes: int = opt(100, help="validation episodes (novel classes, val split)", ge=1)
-    val_episode_seed: int = opt(12345, help="episode seed of the validation manifest", ge=0)
+    val_episodes: int = opt(
+        100,
+        help="validation episodes of best_val: the fold's novel classes on the dataset's val split (never "
+        "the test split), train.shot supports each, scored against original-resolution labels in batches "
+        "of the training batch size",
+        ge=1,
+    )
+    val_episode_seed: int = opt(12345, help="episode seed of the validation episodes (best_val)", ge=0)
     device: str = opt("auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ import numpy as np
 from fsseg import IGNORE_INDEX
 from fsseg.atomic import write_bytes
 from fsseg.errors import DataError, FssegError
+from fsseg.metrics import COUNT_COLUMNS
 from fsseg.records import EVALUATION_KEYS, evaluation_identity
 
 #: Scalar (0-d) entries that name the run the predictions come from.
@@ -86,19 +88,15 @@ def predict(cfg: Any, n_episodes: int, out: str | Path, manifest_file: str | Pat
     """Run the trained run of ``cfg`` on the first ``n_episodes`` episodes of its test manifest.
 
     Uses the same weights (:func:`~fsseg.engine.evaluate.load_trained`), manifest
-    (:func:`~fsseg.engine.evaluate.ensure_manifest`) and input tensors as ``fsseg evaluate``; returns the
-    written file.
+    (:func:`~fsseg.engine.evaluate.ensure_manifest`), input tensors and inference loop
+    (:func:`~fsseg.engine.infer.infer_episodes`) as ``fsseg evaluate``; returns the written file.
     """
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader, Subset
-
-    from fsseg.data.loading import ManifestEpisodes, binary_mask, collate_episodes
+    # Imported here: the report reads predictions files (load_predictions, crop) without torch.
+    from fsseg.data.loading import binary_mask
     from fsseg.device import resolve_device
     from fsseg.engine.build import build_dataset, run_id
-    from fsseg.engine.evaluate import ensure_manifest, load_trained
-    from fsseg.engine.train import to_device
-    from fsseg.metrics import COUNT_COLUMNS, episode_counts
+    from fsseg.engine.evaluate import ensure_manifest, evaluation_settings, load_trained
+    from fsseg.engine.infer import infer_episodes
 
     if n_episodes < 1:
         raise FssegError(f"--episodes must be at least 1, got {n_episodes}")
@@ -111,34 +109,13 @@ def predict(cfg: Any, n_episodes: int, out: str | Path, manifest_file: str | Pat
     if len(episodes) < n_episodes:
         print(f"fsseg: the manifest has only {len(episodes)} episodes; saving all of them", file=sys.stderr)
     method = load_trained(cfg, device)
-    method.eval()
     # Original-resolution labels: what is shown next to the images is what the default protocol scores.
-    dataset = ManifestEpisodes(manifest, adapter, cfg.dataset.image_size, "original")
-    loader = DataLoader(
-        Subset(dataset, range(len(episodes))),
-        batch_size=cfg.eval.batch_size,
-        shuffle=False,
-        num_workers=0,
-        collate_fn=collate_episodes,
-    )
-    predictions: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    counts: dict[str, list[int]] = {c: [] for c in COUNT_COLUMNS}
-    with torch.inference_mode():
-        for batch in loader:
-            batch_labels = batch.pop("query_label")
-            batch.pop("query_mask")  # never shown to the method, as in evaluation
-            logits = method(to_device(batch, device))["logits"]
-            for b, label in enumerate(batch_labels):
-                item = logits[b : b + 1]
-                if item.shape[-2:] != label.shape:
-                    item = F.interpolate(item, size=label.shape, mode="bilinear", align_corners=False)
-                prediction = item[0].argmax(dim=0).cpu()
-                episode = episode_counts(prediction, label)
-                for column in COUNT_COLUMNS:
-                    counts[column].append(getattr(episode, column))
-                predictions.append(prediction.numpy().astype(np.uint8))
-                labels.append(label.numpy().astype(np.uint8))
+    # No loader workers for a handful of episodes (workers change no result).
+    settings = replace(evaluation_settings(cfg), label_resolution="original", num_workers=0)
+    results = infer_episodes(method, manifest, adapter, settings, device, first=n_episodes, keep_masks=True)
+    predictions = [result.prediction for result in results]
+    labels = [result.label for result in results]
+    counts = {c: [getattr(result.counts, c) for result in results] for c in COUNT_COLUMNS}
 
     split = manifest.header["split"]
     query_images, support_images, support_masks = [], [], []

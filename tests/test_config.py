@@ -63,3 +63,14 @@ def test_files_compose_and_bad_yaml(tmp_path):
 def test_unknown_dataset_lists_known():
     with pytest.raises(RegistryError, match=r"unknown dataset 'isaid'; known datasets: .*isaid5i.*synthetic"):
         load_config(overrides=["dataset.name=isaid"])
+
+
+def test_describe_states_what_fixes_the_validation_episodes():
+    from fsseg.config import describe_schema
+
+    lines = {line.split(" = ")[0]: line for line in describe_schema()}
+    assert "no eval.* key" in lines["train.selection"]
+    assert "val split" in lines["train.val_episodes"] and "train.shot" in lines["train.val_episodes"]
+    assert lines["train.val_episode_seed"].startswith("train.val_episode_seed = 12345  # ")
+    with pytest.raises(ConfigError, match=r"config\.train: unknown key\(s\) 'val_shot'"):
+        load_config(base={"dataset": {"name": "toy"}}, overrides=["train.val_shot=2"])

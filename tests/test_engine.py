@@ -213,3 +213,85 @@ def test_log_rows_hold_window_means_and_survive_a_resume(toy_config, tmp_path):
     assert len(losses) == 7
     expected = [losses[0], sum(losses[1:4]) / 3, sum(losses[4:7]) / 3]
     assert [row["loss"] for row in rows(full)] == pytest.approx(expected, rel=1e-9)
+
+
+BEST_VAL = ("train.selection=best_val", "train.iterations=6", "train.val_every=2", "train.val_episodes=6")
+
+
+def _val_scores(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    return [(row["iteration"], row["val_miou"]) for row in rows if "val_miou" in row]
+
+
+def test_best_val_selects_the_same_weights_whatever_eval_says(toy_config, tmp_path):
+    """One training config (one run id) selects one model.pt: the validation episodes and how they are
+    scored come from the training config, so no eval.* key (nor the evaluation's label resolution,
+    which is not in the training identity either) changes the validation scores or the pick."""
+    from fsseg.engine.build import run_id
+    from tests.toy_dataset import make_toy_dataset
+
+    # a val split with enough images per class for 2-shot episodes, so eval.shot=2 could be drawn
+    root = make_toy_dataset(tmp_path / "toy_val24", per_split={"train": 36, "val": 24, "test": 40})
+    a = toy_config(*BEST_VAL, f"dataset.root={root}", f"output_root={tmp_path / 'a'}")
+    b = toy_config(
+        *BEST_VAL,
+        f"dataset.root={root}",
+        f"output_root={tmp_path / 'b'}",
+        "eval.shot=2",
+        "eval.n_episodes=20",
+        "eval.episode_seed=7",
+        "eval.batch_size=1",
+        "eval.split=val",
+        "dataset.label_resolution=input",
+    )
+    assert run_id(a) == run_id(b)
+    run_a, run_b = train(a), train(b)
+    assert [it for it, _ in _val_scores(run_a)] == [2, 4, 6]
+    assert _val_scores(run_a) == _val_scores(run_b)
+    summary_a = json.loads((run_a / SUMMARY).read_text())
+    assert summary_a["selection"].startswith("best_val (iteration ")
+    assert summary_a["selection"] == json.loads((run_b / SUMMARY).read_text())["selection"]
+    assert (run_a / MODEL).read_bytes() == (run_b / MODEL).read_bytes()
+
+
+def test_best_val_selects_on_val_split_episodes_never_test(toy_config, monkeypatch):
+    """Every episode that checkpoint selection scores comes from the val split (train.shot supports,
+    train.val_episodes of them), and no test-split file is read while training."""
+    import fsseg.engine.train as train_module
+    from fsseg.engine.build import build_dataset
+    from tests.toy_dataset import ToyDataset
+
+    cfg = toy_config(*BEST_VAL, "train.shot=1", "eval.shot=2")
+    read: list[tuple[str, str]] = []
+    for name in ("load_image", "load_mask"):
+        original = getattr(ToyDataset, name)
+
+        def spy(self, split, image_id, _original=original):
+            read.append((split, image_id))
+            return _original(self, split, image_id)
+
+        monkeypatch.setattr(ToyDataset, name, spy)
+    scored = []
+    real_class_miou = train_module.class_miou
+
+    def spy_class_miou(method, manifest, *args):
+        scored.append(manifest)
+        return real_class_miou(method, manifest, *args)
+
+    monkeypatch.setattr(train_module, "class_miou", spy_class_miou)
+    train(cfg)
+
+    adapter = build_dataset(cfg)
+    val_ids, test_ids = set(adapter.image_ids("val")), set(adapter.image_ids("test"))
+    assert len(scored) == 3  # iterations 2, 4, 6
+    scored_ids = set()
+    for manifest in scored:
+        assert manifest.header["split"] == adapter.val_split == "val"
+        assert manifest.header["shot"] == cfg.train.shot
+        assert len(manifest.episodes) == cfg.train.val_episodes
+        for episode in manifest.episodes:
+            assert len(episode.support_ids) == cfg.train.shot
+            scored_ids.update([episode.query_id, *episode.support_ids])
+    assert scored_ids <= val_ids and scored_ids.isdisjoint(test_ids)
+    assert {split for split, _ in read} == {"train", "val"}
+    assert {image_id for split, image_id in read if split == "val"} == scored_ids

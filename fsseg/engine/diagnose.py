@@ -26,9 +26,9 @@ import torch
 from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import EpisodeManifest, build_test_manifest
+from fsseg.engine.infer import InferenceSettings, class_miou
 from fsseg.errors import FssegError
 from fsseg.method import FewShotMethod
-from fsseg.metrics import summarize
 
 SUPPORT_SWAP = "support_swap"
 BASE_CLASSES = "base_classes"
@@ -76,26 +76,20 @@ def base_class_manifest(
     )
 
 
-def _miou(rows: list[dict[str, Any]], manifest: EpisodeManifest) -> float:
-    records = [
-        {**row, "class_id": episode.class_id} for episode, row in zip(manifest.episodes, rows, strict=True)
-    ]
-    return float(summarize(records, manifest.header["novel_classes"])["miou"])
-
-
 def diagnose(
     method: FewShotMethod,
     manifest: EpisodeManifest,
     adapter: DatasetAdapter,
     cfg: ExperimentConfig,
+    settings: InferenceSettings,
     device: torch.device,
     miou: float,
 ) -> dict[str, Any]:
-    """Diagnostic scores of ``method`` on ``manifest`` (whose plain class mIoU is ``miou``)."""
-    from fsseg.engine.evaluate import run_episodes
+    """Diagnostic scores of ``method`` on ``manifest`` (whose plain class mIoU is ``miou``), each episode
+    fed and scored with the evaluation's ``settings``."""
 
     def score(m: EpisodeManifest) -> float:
-        return _miou(run_episodes(method, m, adapter, cfg, device, progress_label=None), m)
+        return class_miou(method, m, adapter, settings, device)
 
     header = manifest.header
     scores: dict[str, float] = {"miou": miou, SUPPORT_SWAP: score(swapped_support_manifest(manifest))}

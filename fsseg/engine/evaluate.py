@@ -10,31 +10,23 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from fsseg import paths
 from fsseg.atomic import remove_stale_temporaries, write_json, write_yaml
 from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import EpisodeManifest, build_test_manifest
-from fsseg.data.loading import ManifestEpisodes, collate_episodes
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import build_dataset, build_method, run_id
-from fsseg.engine.progress import Progress
-from fsseg.engine.run_state import (
-    check_finite_state,
-    check_trained_with,
-    load_state_file,
-)
-from fsseg.engine.train import MODEL, to_device
+from fsseg.engine.diagnose import diagnose as run_diagnostics
+from fsseg.engine.infer import InferenceSettings, infer_episodes
+from fsseg.engine.run_state import MODEL, check_finite_state, check_trained_with, load_state_file
 from fsseg.errors import FssegError
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
-from fsseg.metrics import COUNT_COLUMNS, episode_counts, summarize
+from fsseg.metrics import summarize
 from fsseg.records import evaluation_identity, write_records
 
 
@@ -61,55 +53,11 @@ def ensure_manifest(
     return manifest
 
 
-def run_episodes(
-    method: FewShotMethod,
-    manifest: EpisodeManifest,
-    adapter: DatasetAdapter,
-    cfg: ExperimentConfig,
-    device: torch.device,
-    progress_label: str | None = "eval",
-    timing: dict[str, float] | None = None,
-) -> list[dict[str, Any]]:
-    """Run the method on every episode and return per-episode count rows (in episode order)."""
-    dataset = ManifestEpisodes(manifest, adapter, cfg.dataset.image_size, cfg.dataset.label_resolution)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.eval.batch_size,
-        shuffle=False,
-        num_workers=cfg.eval.num_workers,
-        collate_fn=collate_episodes,
-        pin_memory=device.type == "cuda",
+def evaluation_settings(cfg: ExperimentConfig) -> InferenceSettings:
+    """How ``fsseg evaluate`` feeds the test episodes to a method (``dataset.*`` and ``eval.*``)."""
+    return InferenceSettings(
+        cfg.dataset.image_size, cfg.dataset.label_resolution, cfg.eval.batch_size, cfg.eval.num_workers
     )
-    progress = Progress(progress_label, len(dataset)) if progress_label else None
-    rows: list[dict[str, Any]] = []
-    model_seconds = 0.0
-    method.eval()
-    with torch.inference_mode():
-        for batch in loader:
-            labels = batch.pop("query_label")
-            batch.pop("query_mask")  # a method never sees the query label at test time
-            batch = to_device(batch, device)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            tick = time.perf_counter()
-            logits = method(batch)["logits"]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            model_seconds += time.perf_counter() - tick
-            for b, label in enumerate(labels):
-                item_logits = logits[b : b + 1]
-                if item_logits.shape[-2:] != label.shape:
-                    item_logits = F.interpolate(
-                        item_logits, size=label.shape, mode="bilinear", align_corners=False
-                    )
-                prediction = item_logits[0].argmax(dim=0).cpu()
-                counts = episode_counts(prediction, label)
-                rows.append({"episode_id": int(batch["episode_id"][b]), **counts.__dict__})
-            if progress:
-                progress.update(len(rows))
-    if timing is not None:
-        timing["model_seconds"] = model_seconds
-    return rows
 
 
 def load_trained(cfg: ExperimentConfig, device: torch.device) -> FewShotMethod:
@@ -195,9 +143,12 @@ def _evaluate_locked(
 ) -> Path:
     if method is None:
         method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
+    settings = evaluation_settings(cfg)
     timing: dict[str, float] = {}
     started = time.perf_counter()
-    counts = run_episodes(method, manifest, adapter, cfg, device, timing=timing)
+    results = infer_episodes(
+        method, manifest, adapter, settings, device, progress_label="eval", timing=timing
+    )
     wall = time.perf_counter() - started
 
     rid = run_id(cfg) + ("-untrained" if untrained else "")
@@ -206,7 +157,7 @@ def _evaluate_locked(
         cfg, rid, manifest.header["shot"], manifest.header["episode_seed"], manifest_hash
     )
     records = []
-    for episode, row in zip(manifest.episodes, counts, strict=True):
+    for episode, result in zip(manifest.episodes, results, strict=True):
         records.append(
             {
                 **identity,
@@ -215,7 +166,7 @@ def _evaluate_locked(
                 "class_name": adapter.class_name(episode.class_id),
                 "query_id": episode.query_id,
                 "support_ids": ";".join(episode.support_ids),
-                **{c: row[c] for c in COUNT_COLUMNS},
+                **dataclasses.asdict(result.counts),
             }
         )
     metrics = summarize(records, manifest.header["novel_classes"])
@@ -246,9 +197,7 @@ def _evaluate_locked(
     }
     diagnostics = None
     if diagnose:
-        from fsseg.engine.diagnose import diagnose as run_diagnostics
-
-        diagnostics = run_diagnostics(method, manifest, adapter, cfg, device, metrics["miou"])
+        diagnostics = run_diagnostics(method, manifest, adapter, cfg, settings, device, metrics["miou"])
     write_records(out_dir / "records.csv", records)
     write_yaml(out_dir / "config.yaml", cfg.to_dict())
     if diagnostics is not None:

@@ -15,9 +15,16 @@ from typing import Any
 
 import torch
 
-from fsseg.config import ExperimentConfig
+from fsseg.config import ExperimentConfig, config_from_dict, read_yaml
+from fsseg.engine.build import training_identity
 from fsseg.errors import ConfigError, FssegError, RunFolderError, TrainingDiverged
 from fsseg.finite import describe_names, nonfinite_in_module, nonfinite_in_state
+
+#: The files of a run folder (``ExperimentConfig.run_dir``); see :mod:`fsseg.engine.train`.
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+SUMMARY = "train_summary.json"
+LOG = "train_log.jsonl"
 
 RESTART_HINT = "`fsseg train --restart` (same config) discards the run folder and trains from scratch"
 #: A diverged run is retrained with another config, which the run folder refuses unless told to replace it.
@@ -94,9 +101,6 @@ def check_trained_with(cfg: ExperimentConfig, weights: Path) -> None:
     The run folder's ``config.yaml`` (written by ``fsseg train``) must have the same training identity;
     otherwise the scores would be recorded under the run_id of a config that was never trained.
     """
-    from fsseg.config import config_from_dict, read_yaml
-    from fsseg.engine.build import training_identity
-
     stored_path = cfg.run_dir / "config.yaml"
     if not stored_path.is_file():
         raise FssegError(

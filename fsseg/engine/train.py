@@ -11,6 +11,11 @@ Outputs in the run folder (``ExperimentConfig.run_dir``):
   the iterations since the previous row (``LossWindow``), the lr and the rate;
 * ``model.pt``: the selected weights (last, or best on validation episodes), written at the end;
 * ``train_summary.json``: written last; its presence marks a finished run.
+
+Checkpoint selection (``train.selection: best_val``) scores the model every ``train.val_every``
+iterations on validation episodes that the training config alone fixes (:func:`validation_manifest`,
+:func:`validation_settings`): the dataset's val split, never the test split, and no ``eval.*`` key, so
+one training config (one run id) selects one ``model.pt``.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from fsseg.atomic import remove_stale_temporaries, save_torch, write_json, write_text, write_yaml
-from fsseg.config import ExperimentConfig
-from fsseg.data.episodes import TrainEpisodeSampler
+from fsseg.config import ExperimentConfig, config_from_dict, read_yaml
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.episodes import EpisodeManifest, TrainEpisodeSampler, build_test_manifest
 from fsseg.data.loading import TrainEpisodes, collate_episodes
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import (
@@ -43,8 +49,13 @@ from fsseg.engine.build import (
     run_id,
     training_identity,
 )
+from fsseg.engine.infer import InferenceSettings, class_miou, to_device
 from fsseg.engine.progress import Progress, format_duration
 from fsseg.engine.run_state import (
+    CHECKPOINT,
+    LOG,
+    MODEL,
+    SUMMARY,
     check_finished_weights,
     check_finite_training,
     check_finite_weights_to_save,
@@ -54,11 +65,6 @@ from fsseg.engine.run_state import (
 from fsseg.errors import ConfigError, TrainingDiverged
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
-
-CHECKPOINT = "checkpoint.pt"
-MODEL = "model.pt"
-SUMMARY = "train_summary.json"
-LOG = "train_log.jsonl"
 
 
 class LossWindow:
@@ -87,12 +93,6 @@ class LossWindow:
         return means
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-    }
-
-
 def _check_same_run(run_dir: Path, cfg: ExperimentConfig, replace_changed: bool = False) -> None:
     """Refuse to resume or overwrite a run folder that holds a run of another training config.
 
@@ -102,8 +102,6 @@ def _check_same_run(run_dir: Path, cfg: ExperimentConfig, replace_changed: bool 
     stored_path = run_dir / "config.yaml"
     if not stored_path.is_file():
         return
-    from fsseg.config import config_from_dict, read_yaml
-
     stored = config_from_dict(read_yaml(stored_path))
     if training_identity(stored) != training_identity(cfg):
         if replace_changed:
@@ -372,33 +370,46 @@ def _finish(
     )
 
 
+def validation_manifest(cfg: ExperimentConfig, adapter: DatasetAdapter) -> EpisodeManifest:
+    """The episodes ``train.selection: best_val`` selects on, fixed by the training config alone.
+
+    ``train.val_episodes`` episodes of the fold's novel classes drawn (balanced sampler) from the
+    dataset's validation split, never its test split, with ``train.shot`` supports each and the seed
+    ``train.val_episode_seed``; objects below ``dataset.min_object_px`` do not count. Every input is part
+    of :func:`~fsseg.engine.build.training_identity`, and no ``eval.*`` key is read.
+    """
+    return build_test_manifest(
+        adapter,
+        cfg.fold,
+        cfg.train.shot,
+        cfg.train.val_episode_seed,
+        cfg.train.val_episodes,
+        split=adapter.val_split,
+        min_object_px=cfg.dataset.min_object_px,
+    )
+
+
+def validation_settings(cfg: ExperimentConfig) -> InferenceSettings:
+    """How validation episodes are fed and scored: at ``dataset.image_size``, against labels at their
+    original resolution (the default protocol; ``dataset.label_resolution`` is an evaluation setting),
+    in batches of the training batch size (what fits a training step fits a forward pass without
+    gradients), with ``train.num_workers`` loader workers (which change no result)."""
+    return InferenceSettings(
+        cfg.dataset.image_size, "original", effective_recipe(cfg).batch_size, cfg.train.num_workers
+    )
+
+
 class _Validator:
-    """Class-wise mIoU on a fixed validation manifest (novel classes, val split, never the test split)."""
+    """Class-wise mIoU on the run's validation episodes (:func:`validation_manifest`)."""
 
     def __init__(
-        self, cfg: ExperimentConfig, adapter: Any, method: FewShotMethod, device: torch.device
+        self, cfg: ExperimentConfig, adapter: DatasetAdapter, method: FewShotMethod, device: torch.device
     ) -> None:
-        from fsseg.data.episodes import build_test_manifest
-
-        self.cfg = cfg
         self.method = method
         self.device = device
         self.adapter = adapter
-        self.manifest = build_test_manifest(
-            adapter,
-            cfg.fold,
-            cfg.eval.shot,
-            cfg.train.val_episode_seed,
-            cfg.train.val_episodes,
-            split=adapter.val_split,
-            min_object_px=cfg.dataset.min_object_px,
-        )
+        self.manifest = validation_manifest(cfg, adapter)
+        self.settings = validation_settings(cfg)
 
     def score(self) -> float:
-        from fsseg.engine.evaluate import run_episodes
-        from fsseg.metrics import summarize
-
-        records = run_episodes(
-            self.method, self.manifest, self.adapter, self.cfg, self.device, progress_label=None
-        )
-        return summarize(records, self.manifest.header["novel_classes"])["miou"]
+        return class_miou(self.method, self.manifest, self.adapter, self.settings, self.device)
