@@ -69,26 +69,30 @@ from fsseg.method import FewShotMethod
 
 class LossWindow:
     """Sums of the loss terms since the last log row; the checkpoint saves them, so a resumed run
-    logs the same means as an uninterrupted one."""
+    logs the same means as an uninterrupted one. The sums stay on the loss's device (float64) until
+    a row or a checkpoint reads them, so a training step adds no device synchronisation."""
 
     def __init__(self, sums: dict[str, float] | None = None, count: int = 0) -> None:
-        self.sums: dict[str, float] = dict(sums or {})
+        self.sums: dict[str, torch.Tensor | float] = dict(sums or {})
         self.count = count
 
     @classmethod
     def from_state(cls, state: dict[str, Any] | None) -> LossWindow:
         return cls(state["sums"], state["count"]) if state else cls()
 
+    def _totals(self) -> dict[str, float]:
+        return {key: float(total) for key, total in self.sums.items()}
+
     def state(self) -> dict[str, Any]:
-        return {"sums": dict(self.sums), "count": self.count}
+        return {"sums": self._totals(), "count": self.count}
 
     def add(self, losses: dict[str, torch.Tensor]) -> None:
         for key, value in losses.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value.detach())
+            self.sums[key] = self.sums.get(key, 0.0) + value.detach().double()
         self.count += 1
 
     def pop_means(self) -> dict[str, float]:
-        means = {key: total / self.count for key, total in self.sums.items()}
+        means = {key: total / self.count for key, total in self._totals().items()}
         self.sums, self.count = {}, 0
         return means
 
