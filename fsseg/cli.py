@@ -126,7 +126,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(format_table(rows))
     print(table_footnote(rows))
     if args.out:
-        document = {"config": cfg.to_dict(), "bench_overrides": list(BENCH_OVERRIDES), "results": rows}
+        document = {
+            "config": cfg.to_dict(),
+            "bench_overrides": list(BENCH_OVERRIDES),
+            "allocator": getattr(args, "allocator", None),
+            "results": rows,
+        }
         write_json(args.out, document)
         print(f"# written to {args.out}")
 
@@ -217,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--out", help="weights file to write (default: under output_root/<dataset>/backbones/)")
-    p.set_defaults(func=cmd_pretrain)
+    p.set_defaults(func=cmd_pretrain, runs_models=True)
 
     p = sub.add_parser("train", help="train a method on a fold's base classes (resumes after a kill)")
     p.description = (
@@ -236,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the run folder (checkpoint, weights, log, its evaluations) and train from scratch, "
         "e.g. after a corrupt checkpoint.pt or model.pt",
     )
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, runs_models=True)
 
     p = sub.add_parser("episodes", help="draw and save the test-episode manifest of a fold")
     p.description = (
@@ -273,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the shots whose evaluations also write diagnostics.json "
         "(default: all with --diagnose, none without)",
     )
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, runs_models=True)
 
     p = sub.add_parser("bench", help="measure params, FLOPs, latency/FPS and peak memory of a method")
     p.description = (
@@ -292,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="also time under bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="also time in channels-last memory format")
     p.add_argument("--out", help="JSON file to write the results to (atomically)")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench, runs_models=True)
 
     p = sub.add_parser("config", help="print the resolved config (or describe every key)")
     _add_config_args(p)
@@ -359,13 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=8, metavar="N", help="episodes to save (default 8)")
     p.add_argument("--manifest", help="manifest file (default: drawn/loaded at output_root/manifests/...)")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="file to write (atomically)")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, runs_models=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "runs_models", False):
+            from fsseg.allocator import tune_for_tensors
+
+            args.allocator = tune_for_tensors()
+            print(f"fsseg: {args.allocator}", file=sys.stderr)
         args.func(args)
     except FssegError as err:
         print(f"fsseg: error: {err}", file=sys.stderr)

@@ -76,6 +76,18 @@ class BackboneConfig:
     )
 
 
+def _precision_field(what: str) -> Any:
+    return opt(
+        "fp32",
+        help=f"numerical precision of {what}: fp32 (the reference) or bf16 autocast (a CPU with avx512_bf16 "
+        "or amx_bf16, or a CUDA card with bf16); fsseg/numerics.py",
+    )
+
+
+def _channels_last_field(what: str) -> Any:
+    return opt(False, help=f"channels-last layout of the model's 4-D weights and activations for {what}")
+
+
 @dataclass
 class TrainConfig:
     shot: int = opt(1, help="support images per training episode", ge=1, le=20)
@@ -132,6 +144,8 @@ class TrainConfig:
     )
     val_episode_seed: int = opt(12345, help="episode seed of the validation episodes (best_val)", ge=0)
     device: str = opt("auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
+    precision: Literal["fp32", "bf16"] = _precision_field("training (part of the run's identity)")
+    channels_last: bool = _channels_last_field("training (part of the run's identity)")
 
 
 @dataclass
@@ -155,6 +169,8 @@ class EvalConfig:
     batch_size: int = opt(8, help="episodes per forward pass", ge=1)
     num_workers: int = opt(0, help="data-loader worker processes", ge=0)
     device: str = opt("auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
+    precision: Literal["fp32", "bf16"] = _precision_field("evaluation (written into summary.json)")
+    channels_last: bool = _channels_last_field("evaluation")
 
     def validate(self, path: str) -> None:
         if (self.n_episodes == "all") != (self.sampler == "all_pairs"):
@@ -179,6 +195,8 @@ class PretrainConfig:
     seed: int = opt(0, help="seed of initialisation and image draws", ge=0)
     init_weights: str = opt("none", help="starting weights: 'none', 'imagenet' or a file path")
     device: str = opt("auto", help="'auto', 'cpu' or 'cuda[:N]'")
+    precision: Literal["fp32", "bf16"] = _precision_field("backbone pretraining")
+    channels_last: bool = _channels_last_field("backbone pretraining")
 
 
 #: The two published iSAID-5i protocols: the config values each one fixes.

@@ -112,6 +112,18 @@ def config_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
+def pretraining_identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What decides a pretrained backbone's weights beyond its file name (dataset, backbone, scope,
+    seed): ``pretrain.*`` but the device, and the stride, depth and image size it is trained at."""
+    settings = {k: v for k, v in cfg.to_dict()["pretrain"].items() if k != "device"}
+    return {
+        "pretrain": settings,
+        "output_stride": cfg.backbone.output_stride,
+        "max_stage": cfg.backbone.max_stage,
+        "image_size": cfg.dataset.image_size,
+    }
+
+
 def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     """The parts of a config that determine the trained weights (not eval or logging settings)."""
     data = cfg.to_dict()
@@ -123,13 +135,16 @@ def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     train["epochs"] = effective_recipe(cfg).epochs
     if train["epochs"] is not None:
         train.pop("iterations")
-    return {
+    identity = {
         "fold": data["fold"],
         "method": data["method"],
         "dataset": {k: v for k, v in data["dataset"].items() if k not in ("label_resolution", "root")},
         "backbone": data["backbone"],
         "train": train,
     }
+    if cfg.backbone.weights == "fold_pretrained":  # the backbone file's weights come from these
+        identity["pretrain"] = pretraining_identity(cfg)["pretrain"]
+    return identity
 
 
 def run_id(cfg: ExperimentConfig) -> str:

@@ -27,6 +27,7 @@ from fsseg.errors import FssegError
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
 from fsseg.metrics import summarize
+from fsseg.numerics import Numerics
 from fsseg.records import evaluation_identity, write_records
 
 
@@ -56,7 +57,11 @@ def ensure_manifest(
 def evaluation_settings(cfg: ExperimentConfig) -> InferenceSettings:
     """How ``fsseg evaluate`` feeds the test episodes to a method (``dataset.*`` and ``eval.*``)."""
     return InferenceSettings(
-        cfg.dataset.image_size, cfg.dataset.label_resolution, cfg.eval.batch_size, cfg.eval.num_workers
+        cfg.dataset.image_size,
+        cfg.dataset.label_resolution,
+        cfg.eval.batch_size,
+        cfg.eval.num_workers,
+        Numerics(cfg.eval.precision, cfg.eval.channels_last),
     )
 
 
@@ -144,6 +149,9 @@ def _evaluate_locked(
     if method is None:
         method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
     settings = evaluation_settings(cfg)
+    note = settings.numerics.check(device, "eval.precision")
+    if note:
+        print(f"fsseg: {note}", file=sys.stderr)
     timing: dict[str, float] = {}
     started = time.perf_counter()
     results = infer_episodes(
@@ -187,6 +195,7 @@ def _evaluate_locked(
         "image_size": cfg.dataset.image_size,
         "label_resolution": cfg.dataset.label_resolution,
         "device": describe_device(device),
+        "numerics": dataclasses.asdict(settings.numerics),
         "metrics": metrics,
         "timing": {
             "wall_seconds": round(wall, 3),

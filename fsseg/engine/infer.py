@@ -10,7 +10,7 @@ the query's label.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,17 +24,20 @@ from fsseg.data.loading import ManifestEpisodes, collate_episodes
 from fsseg.engine.progress import Progress
 from fsseg.method import FewShotMethod
 from fsseg.metrics import EpisodeCounts, episode_counts, summarize
+from fsseg.numerics import Numerics
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
     """How episodes reach the method: model input side, label resolution scored against, episodes per
-    forward pass and data-loader workers (the workers never change a result)."""
+    forward pass, data-loader workers (the workers never change a result) and the numerics of the
+    forward pass (precision, memory layout)."""
 
     image_size: int
     label_resolution: str
     batch_size: int
     num_workers: int
+    numerics: Numerics = field(default_factory=Numerics)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ def infer_episodes(
     results: list[EpisodeResult] = []
     model_seconds = 0.0
     method.eval()
+    settings.numerics.apply(method)
     with torch.inference_mode():
         for batch in loader:
             labels = batch.pop("query_label")
@@ -97,7 +101,9 @@ def infer_episodes(
             if synchronize:
                 torch.cuda.synchronize(device)
             tick = time.perf_counter()
-            logits = method(batch)["logits"]
+            with settings.numerics.autocast(device):
+                logits = method(batch)["logits"]
+            logits = logits.float()  # resized and compared in fp32 whatever the forward ran in
             if synchronize:
                 torch.cuda.synchronize(device)
             model_seconds += time.perf_counter() - tick

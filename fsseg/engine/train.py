@@ -65,6 +65,7 @@ from fsseg.engine.run_state import (
 from fsseg.errors import ConfigError, TrainingDiverged
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
+from fsseg.numerics import Numerics
 
 
 class LossWindow:
@@ -178,7 +179,11 @@ def _train_locked(
 
     device = resolve_device(cfg.train.device)
     recipe = effective_recipe(cfg)
-    method = build_method(cfg).to(device)
+    numerics = training_numerics(cfg)
+    note = numerics.check(device, "train.precision")
+    if note:
+        print(f"fsseg: {note}", file=sys.stderr)
+    method = numerics.apply(build_method(cfg).to(device))
     total = recipe.iterations if method.is_trainable else 0
     optimizer = build_optimizer(method, recipe) if method.is_trainable else None
     scheduler = build_scheduler(optimizer, recipe) if optimizer is not None else None
@@ -223,7 +228,8 @@ def _train_locked(
     print(
         f"fsseg: training {cfg.run_name} on {describe_device(device)}: {total} iterations × "
         f"{recipe.batch_size} episodes, {recipe.optimizer} lr {recipe.lr:g} ({recipe.schedule}); "
-        f"{length['length']}; augmentation {recipe.augment}; frozen BatchNorm {recipe.frozen_bn}",
+        f"{length['length']}; augmentation {recipe.augment}; frozen BatchNorm {recipe.frozen_bn}; "
+        f"{numerics.describe()}",
         file=sys.stderr,
     )
     progress = Progress("train", total, start)
@@ -233,8 +239,9 @@ def _train_locked(
     started = time.perf_counter()
     for batch in loader:
         batch = to_device(batch, device)
-        outputs = method(batch)
-        losses = method.loss(outputs, batch)
+        with numerics.autocast(device):
+            outputs = method(batch)
+            losses = method.loss(outputs, batch)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -363,6 +370,7 @@ def _finish(
             "frozen_bn": length["frozen_bn"],
             "train_seconds_this_invocation": round(seconds, 2),
             "device": describe_device(device),
+            "numerics": training_numerics(cfg).describe(),
             "selection": selected,
             "params_total": n_total,
             "params_trainable": n_trainable,
@@ -397,10 +405,21 @@ def validation_settings(cfg: ExperimentConfig) -> InferenceSettings:
     """How validation episodes are fed and scored: at ``dataset.image_size``, against labels at their
     original resolution (the default protocol; ``dataset.label_resolution`` is an evaluation setting),
     in batches of the training batch size (what fits a training step fits a forward pass without
-    gradients), with ``train.num_workers`` loader workers (which change no result)."""
+    gradients), with ``train.num_workers`` loader workers (which change no result), in the training's
+    numerics."""
     return InferenceSettings(
-        cfg.dataset.image_size, "original", effective_recipe(cfg).batch_size, cfg.train.num_workers
+        cfg.dataset.image_size,
+        "original",
+        effective_recipe(cfg).batch_size,
+        cfg.train.num_workers,
+        training_numerics(cfg),
     )
+
+
+def training_numerics(cfg: ExperimentConfig) -> Numerics:
+    """The precision and memory layout of training (``train.precision``, ``train.channels_last``); the
+    validation of ``best_val`` runs with them too."""
+    return Numerics(cfg.train.precision, cfg.train.channels_last)
 
 
 class _Validator:

@@ -86,7 +86,9 @@ class _Basic(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + identity)
+        out = self.bn2(self.conv2(out))
+        out += identity  # in place: no second block-sized buffer (BatchNorm's backward needs no output)
+        return self.relu(out)
 
 
 class _Bottleneck(nn.Module):
@@ -109,7 +111,9 @@ class _Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)) + identity)
+        out = self.bn3(self.conv3(out))
+        out += identity  # in place, as in _Basic
+        return self.relu(out)
 
 
 def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Sequential | None:
