@@ -40,12 +40,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datasets.synthetic.adapter import SyntheticAerial
 from fsseg.config import load_config
 from fsseg.engine.evaluate import evaluate_run
 from fsseg.engine.pretrain import pretrain_backbone
 from fsseg.engine.train import train
 from fsseg.paths import DIAGNOSTICS_FILE
+from fsseg_datasets.synthetic.adapter import SyntheticAerial
 
 pytestmark = pytest.mark.slow
 
