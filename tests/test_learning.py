@@ -42,7 +42,6 @@ import pytest
 import torch
 import yaml
 
-from datasets.synthetic.adapter import SyntheticAerial
 from fsseg.config import load_config
 from fsseg.engine.build import build_dataset
 from fsseg.engine.evaluate import ensure_manifest, evaluate_run, evaluation_settings, load_trained
@@ -51,6 +50,7 @@ from fsseg.engine.pretrain import pretrain_backbone
 from fsseg.engine.train import train
 from fsseg.numerics import Numerics
 from fsseg.paths import DIAGNOSTICS_FILE
+from fsseg_datasets.synthetic.adapter import SyntheticAerial
 
 pytestmark = pytest.mark.slow
 

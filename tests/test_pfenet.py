@@ -8,7 +8,7 @@ import torch
 from fsseg.method import BackboneSpec
 from fsseg.models.prior import high_level_features
 from fsseg.registry import METHODS
-from methods.pfenet import PFENet
+from fsseg_methods.pfenet import PFENet
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 
@@ -122,7 +122,7 @@ def test_backbone_cut_at_the_high_stage_reuses_the_query_features_with_the_same_
             assert query_high is not None
             return high_level_features(stage, query_prev, support_prev, support_fg)
 
-        monkeypatch.setattr("methods.pfenet.model.high_level_features", recompute)
+        monkeypatch.setattr("fsseg_methods.pfenet.model.high_level_features", recompute)
         recomputed = model(episode)
     torch.testing.assert_close(reused["prior"], recomputed["prior"], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(reused["logits"], recomputed["logits"], rtol=1e-4, atol=1e-4)

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.synthetic import SyntheticAerial
-from datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
-from datasets.synthetic.generator import (
+from fsseg.data.adapter import DESCRIPTOR, open_dataset
+from fsseg.errors import DataError
+from fsseg.registry import DATASETS
+from fsseg_datasets.synthetic import SyntheticAerial
+from fsseg_datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
+from fsseg_datasets.synthetic.generator import (
     AUXILIARY_CLASSES,
     PRETRAIN_SPLIT,
     SHAPES,
@@ -23,9 +26,6 @@ from datasets.synthetic.generator import (
     encode_png,
     generate_sample,
 )
-from fsseg.data.adapter import DESCRIPTOR, open_dataset
-from fsseg.errors import DataError
-from fsseg.registry import DATASETS
 
 # Tiny but complete: every split has at least 2 images of each class as main class.
 SMALL = {"image_size": 40, "n_train": 45, "n_val": 30, "n_test": 30, "n_pretrain": 30}
@@ -203,7 +203,7 @@ def test_refuses_a_folder_prepared_for_another_dataset(tmp_path: Path) -> None:
 def test_interrupted_prepare_leaves_no_partial_files_and_reruns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import datasets.synthetic.adapter as adapter_module
+    import fsseg_datasets.synthetic.adapter as adapter_module
 
     real = adapter_module.generate_sample
 

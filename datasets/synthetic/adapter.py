@@ -23,15 +23,6 @@ from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, ClassVar
 
-from datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
-from datasets.synthetic.generator import (
-    AUXILIARY_CLASSES,
-    PRETRAIN_SPLIT,
-    SPLITS,
-    GenerationParams,
-    encode_png,
-    generate_sample,
-)
 from fsseg.atomic import remove_stale_temporaries, write_bytes
 from fsseg.data.adapter import (
     DESCRIPTOR,
@@ -43,6 +34,15 @@ from fsseg.data.adapter import (
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
 from fsseg.workers import worker_pool
+from fsseg_datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
+from fsseg_datasets.synthetic.generator import (
+    AUXILIARY_CLASSES,
+    PRETRAIN_SPLIT,
+    SPLITS,
+    GenerationParams,
+    encode_png,
+    generate_sample,
+)
 
 _DEFAULTS = GenerationParams()
 
@@ -61,7 +61,7 @@ class SyntheticAerial(DatasetAdapter):
 
     @classmethod
     def fold_classes(cls, options: Any) -> list[list[int]]:
-        """Novel class ids of each fold (see :mod:`datasets.synthetic.classes`)."""
+        """Novel class ids of each fold (see :mod:`fsseg_datasets.synthetic.classes`)."""
         return [list(fold) for fold in FOLDS]
 
     # --- prepare -------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from fsseg.models.ops import (
 from fsseg.models.prior import high_level_features, prior_stages, training_free_prior
 from fsseg.registry import METHODS
 from fsseg.schema import opt
-from methods.pfenet.model import RECIPES as PFENET_RECIPES
+from fsseg_methods.pfenet.model import RECIPES as PFENET_RECIPES
 
 PROTOTYPE_EPS = 5e-4
 """Added to the mask area of every masked average (PFENet's weighted GAP, on which DSMF-Net builds)."""

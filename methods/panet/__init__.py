@@ -1,5 +1,5 @@
 """PANet baseline (registers itself as ``panet``)."""
 
-from methods.panet.model import PANet
+from fsseg_methods.panet.model import PANet
 
 __all__ = ["PANet"]

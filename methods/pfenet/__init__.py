@@ -1,5 +1,5 @@
 """PFENet: prior-guided feature enrichment (Tian et al., TPAMI 2020); registers ``pfenet``."""
 
-from methods.pfenet.model import PFENet, PFENetParams
+from fsseg_methods.pfenet.model import PFENet, PFENetParams
 
 __all__ = ["PFENet", "PFENetParams"]
