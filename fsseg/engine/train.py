@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from fsseg.atomic import remove_stale_temporaries, save_torch, write_json, write_text, write_yaml
 from fsseg.config import ExperimentConfig, config_from_dict, read_yaml
 from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.decoded import DecodedImages
 from fsseg.data.episodes import EpisodeManifest, TrainEpisodeSampler, build_test_manifest
 from fsseg.data.loading import TrainEpisodes, collate_episodes
 from fsseg.device import describe_device, resolve_device
@@ -433,6 +434,7 @@ class _Validator:
         self.adapter = adapter
         self.manifest = validation_manifest(cfg, adapter)
         self.settings = validation_settings(cfg)
+        self.images = DecodedImages(adapter)  # the same episodes at every validation
 
     def score(self) -> float:
-        return class_miou(self.method, self.manifest, self.adapter, self.settings, self.device)
+        return class_miou(self.method, self.manifest, self.adapter, self.settings, self.device, self.images)
