@@ -240,6 +240,18 @@ def test_gradients_reach_every_learner_parameter_and_not_the_backbone() -> None:
             assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
+def test_loss_is_the_mean_ce_of_the_shots_with_ignored_pixels_and_fg_weight() -> None:
+    model = build(fg_weight=3.0)
+    shot_logits = torch.randn(2, 3, 2, 4, 5)
+    target = torch.randint(0, 2, (2, 4, 5))
+    target[:, 0] = 255
+    episode = {"query_mask": target}
+    got = model.loss({"shot_logits": shot_logits, "logits": shot_logits[:, 0]}, episode)["loss"]
+    weight = torch.tensor([1.0, 3.0])
+    per_shot = [F.cross_entropy(shot_logits[:, i], target, weight=weight, ignore_index=255) for i in range(3)]
+    torch.testing.assert_close(got, torch.stack(per_shot).mean())
+
+
 def test_a_few_steps_lower_the_loss() -> None:
     assert_a_few_steps_lower_the_loss(build(BackboneSpec(name="resnet18", max_stage="layer3")))
 

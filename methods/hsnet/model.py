@@ -59,6 +59,12 @@ class HSNetParams:
         "and thresholded at 0.5 (official predict_mask_nshot); mean_logits = mean of the k logit maps",
         choices=("vote", "mean_logits"),
     )
+    fg_weight: float = opt(
+        1.0,
+        help="weight of foreground pixels in the CE (1 = official); the CPU default's 300 steps leave the "
+        "unweighted head predicting background everywhere, as PFENet's (see the README)",
+        gt=0.0,
+    )
 
     def validate(self, path: str) -> None:
         bad = [s for s in self.stages if s not in CORRELATED_STAGES]
@@ -277,5 +283,5 @@ class HSNet(FewShotMethod):
         shot_logits = outputs["shot_logits"]
         b, k = shot_logits.shape[:2]
         target = batch["query_mask"][:, None].expand(b, k, *batch["query_mask"].shape[-2:])
-        ce = segmentation_ce(shot_logits.flatten(0, 1), target.flatten(0, 1))
+        ce = segmentation_ce(shot_logits.flatten(0, 1), target.flatten(0, 1), fg_weight=self.params.fg_weight)
         return {"loss": ce}
