@@ -82,9 +82,10 @@ def resolve_commit(repository: Path, rev: str) -> str:
 
 
 def describe_worktree(repository: Path) -> str:
-    """``<HEAD commit>`` plus ``+uncommitted`` when tracked files differ from it."""
+    """``<HEAD commit>`` plus ``+uncommitted`` when the work tree differs from it (edited, new or
+    deleted files that git does not ignore)."""
     head = _git(repository, "rev-parse", "HEAD").stdout.strip() or "unknown"
-    dirty = _git(repository, "status", "--porcelain", "--untracked-files=no").stdout.strip()
+    dirty = _git(repository, "status", "--porcelain").stdout.strip()
     return head + ("+uncommitted" if dirty else "")
 
 

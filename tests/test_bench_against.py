@@ -279,3 +279,16 @@ def test_a_bad_anchor_row_names_file_and_line(tmp_path: Path):
     bad.write_text(header + "\npfenet,default,resnet50,473px,1,PFENet,4331,4282,0.99,,,fp32,1,1,cpu,\n")
     with pytest.raises(ConfigError, match=r"anchor\.csv, line 2: bad anchor row"):
         load_anchor(bad)
+
+
+def test_bench_prints_the_anchor_estimate_for_a_matching_configuration(tmp_path: Path, capsys):
+    anchor = tmp_path / "anchor.csv"
+    header = DEFAULT_ANCHOR.read_text().splitlines()[0]
+    anchor.write_text(
+        header + "\ncolour_floor,default,resnet18,32,1,Floor,2.0,1.0,0.5,,,fp32,1,1,some CPU,\n"
+    )
+    argv = ["bench", "-c", str(_tiny_config(tmp_path)), "--warmup", "0", "--repeats", "1", "--threads", "1"]
+    assert main([*argv, "--device", "cpu", "--anchor", str(anchor)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("# anchor estimate")]
+    assert "colour_floor resnet18 32px 1-shot: ours/official Floor ~ " in line
+    assert "x 0.500 (anchor ours/official, 2 ms official); NOT COMPARABLE: CPU" in line
