@@ -25,161 +25,32 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tarfile
 import tempfile
-import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, TextIO
 
 from fsseg.errors import ConfigError, FssegError
+from fsseg.source_tree import (
+    SourceTree,
+    SourceTreeError,
+    check_provenance,
+    current_repository,
+    describe_worktree,
+    export_commit,
+    resolve_commit,
+    run_tree_cli,
+    tree_packages,
+)
 
 _TAIL_LINES = 15
 
 
 class BenchAgainstError(FssegError):
-    """A tree's ``fsseg bench`` could not run, or ran code of another tree."""
-
-
-@dataclass(frozen=True)
-class SourceTree:
-    """A source tree of fsseg to time: a label for tables, its root folder and its top-level packages."""
-
-    label: str
-    root: Path
-    packages: dict[str, str]
-
-
-# --- trees ----------------------------------------------------------------------------------------
-def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
-
-
-def current_repository() -> Path:
-    """The root of the git work tree that holds the running ``fsseg`` package."""
-    import fsseg
-
-    package_dir = Path(fsseg.__file__).resolve().parent
-    done = _git(package_dir, "rev-parse", "--show-toplevel")
-    if done.returncode != 0:
-        raise ConfigError(
-            f"--against needs fsseg run from a git checkout; {package_dir} is not in one "
-            f"({done.stderr.strip() or 'git rev-parse failed'})"
-        )
-    return Path(done.stdout.strip()).resolve()
-
-
-def resolve_commit(repository: Path, rev: str) -> str:
-    """The full commit hash of ``rev`` in ``repository``; a clear error if it names no commit."""
-    done = _git(repository, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
-    if done.returncode != 0 or not done.stdout.strip():
-        raise ConfigError(f"--against {rev!r} names no commit of the repository {repository}")
-    return done.stdout.strip()
-
-
-def describe_worktree(repository: Path) -> str:
-    """``<HEAD commit>`` plus ``+uncommitted`` when the work tree differs from it (edited, new or
-    deleted files that git does not ignore)."""
-    head = _git(repository, "rev-parse", "HEAD").stdout.strip() or "unknown"
-    dirty = _git(repository, "status", "--porcelain").stdout.strip()
-    return head + ("+uncommitted" if dirty else "")
-
-
-def export_commit(repository: Path, commit: str, destination: Path) -> Path:
-    """Write the files of ``commit`` (``git archive``) into ``destination``; returns ``destination``."""
-    destination.mkdir(parents=True, exist_ok=True)
-    archive = destination.with_suffix(".tar")
-    done = _git(repository, "archive", "--format=tar", "-o", str(archive), commit)
-    if done.returncode != 0:
-        raise BenchAgainstError(f"git archive {commit} failed: {done.stderr.strip()}")
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(destination, filter="data")
-    finally:
-        archive.unlink(missing_ok=True)
-    return destination
-
-
-def tree_packages(root: Path) -> dict[str, str]:
-    """Top-level import name → folder of every package the tree's ``pyproject.toml`` installs.
-
-    Reads ``[tool.setuptools]`` ``package-dir`` (names mapped to other folders, and ``""`` for the
-    folder packages are found in), ``packages`` (an explicit list) and ``packages.find``
-    (``where``/``include``/``exclude``); a tree without a ``pyproject.toml`` is taken to have ``fsseg``
-    at its root. Raises when the tree has no ``fsseg`` package.
-    """
-    root = root.resolve()
-    pyproject = root / "pyproject.toml"
-    setuptools: dict[str, Any] = {}
-    if pyproject.is_file():
-        try:
-            setuptools = tomllib.loads(pyproject.read_text()).get("tool", {}).get("setuptools", {})
-        except tomllib.TOMLDecodeError as err:
-            raise BenchAgainstError(f"{pyproject}: not valid TOML ({err})") from err
-    package_dir: dict[str, str] = dict(setuptools.get("package-dir", {}))
-    base = root / package_dir.pop("", ".")
-    packages: dict[str, str] = {}
-    listed = setuptools.get("packages")
-    if isinstance(listed, list):
-        names = {name.split(".")[0] for name in listed}
-    else:
-        find = setuptools.get("packages", {}).get("find", {}) if isinstance(listed, dict) else {}
-        include = find.get("include", ["*"])
-        exclude = find.get("exclude", [])
-        names = set()
-        for where in find.get("where", ["."]):
-            folder = base / where
-            for child in sorted(folder.iterdir()) if folder.is_dir() else []:
-                wanted = any(fnmatch(child.name, p) for p in include)
-                unwanted = any(fnmatch(child.name, p) for p in exclude)
-                if (child / "__init__.py").is_file() and wanted and not unwanted:
-                    packages[child.name] = str(child)
-    for name in names:
-        packages[name] = str(base / name)
-    for name, folder in package_dir.items():
-        if "." not in name:
-            packages[name] = str((root / folder).resolve())
-    packages = {name: folder for name, folder in packages.items() if (Path(folder) / "__init__.py").is_file()}
-    if "fsseg" not in packages:
-        raise BenchAgainstError(f"{root} has no fsseg package (looked for {base / 'fsseg' / '__init__.py'})")
-    return dict(sorted(packages.items()))
+    """A tree's ``fsseg bench`` could not run or wrote no results."""
 
 
 # --- one process ----------------------------------------------------------------------------------
-def check_provenance(tree: SourceTree, modules: dict[str, str], others: Sequence[SourceTree]) -> None:
-    """Raise unless ``fsseg`` came from ``tree`` and no imported module is code of another tree.
-
-    A tree's code is what lies in the folders of its packages (a virtual environment inside the
-    checkout is not). A file belongs to the most specific such folder that holds it, so the check
-    holds even when one tree lies inside the other (a ``TMPDIR`` inside the checkout).
-    """
-    folders = {Path(folder).resolve(): tree for folder in tree.packages.values()}
-    for other in others:
-        folders.update({Path(folder).resolve(): other for folder in other.packages.values()})
-
-    def owner(file: str) -> SourceTree | None:
-        holders = [folder for folder in folders if Path(file).is_relative_to(folder)]
-        return folders[max(holders, key=lambda f: len(f.parts))] if holders else None
-
-    fsseg_file = modules.get("fsseg")
-    if fsseg_file is None or owner(fsseg_file) is not tree:
-        raise BenchAgainstError(
-            f"{tree.label}: the bench process imported fsseg from {fsseg_file}, "
-            f"not from {tree.packages['fsseg']}"
-        )
-    strays = sorted(name for name, file in modules.items() if owner(file) not in (None, tree))
-    if strays:
-        places = sorted({str(owner(modules[name]).root) for name in strays})  # type: ignore[union-attr]
-        raise BenchAgainstError(
-            f"{tree.label}: the bench process imported {', '.join(strays[:5])} from {', '.join(places)} "
-            f"instead of {tree.root}"
-        )
-
-
 def run_tree_bench(
     tree: SourceTree,
     bench_args: Sequence[str],
@@ -194,40 +65,17 @@ def run_tree_bench(
     ``bench_args`` must not hold ``--out`` or ``--threads``: they are added here.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkstemp(prefix="bench.", suffix=".json", dir=workdir)[1])
-    provenance = out.with_suffix(".provenance.json")
-    spec_file = out.with_suffix(".spec.json")
-    spec = {
-        "root": str(tree.root),
-        "packages": tree.packages,
-        "provenance": str(provenance),
-        "threads": threads,
-        "seed": seed,
-    }
-    spec_file.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    bootstrap = Path(__file__).resolve().with_name("tree_bootstrap.py")
-    command = [
-        sys.executable,
-        "-P",  # neither the script's folder nor the working folder goes on sys.path
-        str(bootstrap),
-        str(spec_file),
-        "--",
-        "bench",
-        *bench_args,
-        "--threads",
-        str(threads),
-        "--out",
-        str(out),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0 or not provenance.is_file():
+    handle, name = tempfile.mkstemp(prefix="bench.", suffix=".json", dir=workdir)
+    os.close(handle)
+    out = Path(name)
+    argv = ["bench", *bench_args, "--threads", str(threads), "--out", str(out)]
+    done, modules = run_tree_cli(tree, argv, threads, seed, workdir)
+    if done.returncode != 0 or modules is None:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-_TAIL_LINES:])
         raise BenchAgainstError(
             f"{tree.label}: `fsseg bench` failed (exit code {done.returncode}) in {tree.root}; "
             f"last lines of its output:\n{tail}"
         )
-    modules = json.loads(provenance.read_text())["modules"]
     check_provenance(tree, modules, others)
     try:
         rows = list(json.loads(out.read_text())["results"])
@@ -308,8 +156,8 @@ def bench_against(
         exported = export_commit(repository, commit, scratch_dir / "tree")
         try:
             reference_packages = tree_packages(exported)
-        except BenchAgainstError as err:
-            raise BenchAgainstError(f"REV {rev} ({commit[:12]}): {err}") from err
+        except SourceTreeError as err:
+            raise SourceTreeError(f"REV {rev} ({commit[:12]}): {err}") from err
         reference = SourceTree(f"REV {rev} ({commit[:12]})", exported, reference_packages)
         trees = {"current": current, "reference": reference}
         others = {"current": [reference], "reference": [current]}

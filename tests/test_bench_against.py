@@ -10,16 +10,10 @@ from pathlib import Path
 import pytest
 
 from fsseg.anchor import DEFAULT_ANCHOR, AnchorRow, anchor_estimates, implied_ratio, load_anchor
-from fsseg.bench_against import (
-    BenchAgainstError,
-    SourceTree,
-    compare_latencies,
-    current_repository,
-    run_tree_bench,
-    tree_packages,
-)
+from fsseg.bench_against import BenchAgainstError, compare_latencies, run_tree_bench
 from fsseg.cli import main
 from fsseg.errors import ConfigError
+from fsseg.source_tree import SourceTree, SourceTreeError, current_repository, tree_packages
 
 
 def _in_git_checkout() -> bool:
@@ -77,11 +71,21 @@ def test_tree_packages_follow_find_include_and_renamed_package_dirs(tmp_path: Pa
         "fsseg_datasets": str(root / "datasets"),
         "fsseg_methods": str(root / "methods"),
     }
+    # package-dir alone (setup.py lists the packages): its names only, no `methods` that could shadow
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.setuptools]\npackage-dir = { fsseg = "fsseg", fsseg_methods = "methods", '
+        'fsseg_datasets = "datasets" }\n'
+    )
+    assert tree_packages(tmp_path) == {
+        "fsseg": str(root / "fsseg"),
+        "fsseg_datasets": str(root / "datasets"),
+        "fsseg_methods": str(root / "methods"),
+    }
 
 
 def test_a_tree_without_fsseg_is_refused(tmp_path: Path):
     _package(tmp_path / "other")
-    with pytest.raises(BenchAgainstError, match="has no fsseg package"):
+    with pytest.raises(SourceTreeError, match="has no fsseg package"):
         tree_packages(tmp_path)
 
 
@@ -135,7 +139,7 @@ def test_a_process_that_imports_code_of_the_other_tree_is_an_error(tmp_path: Pat
     tree_b = _fake_tree(tmp_path / "b", leaky)
     (tree_b.root / "methods").rename(tree_b.root / "renamed")  # b's own `methods` folder is gone
     tree_b = SourceTree(tree_b.label, tree_b.root, {"fsseg": str(tree_b.root / "fsseg")})
-    with pytest.raises(BenchAgainstError, match=r"fake b: the bench process imported methods from .*/a"):
+    with pytest.raises(SourceTreeError, match=r"fake b: the bench process imported methods from .*/a"):
         run_tree_bench(tree_b, [], 1, 0, tmp_path / "work", [tree_a])
 
 
