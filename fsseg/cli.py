@@ -97,6 +97,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(out)
 
 
+def _anchor_lines(rows: list[dict], anchor: str | None) -> list[str]:
+    """Estimates of ours/official for rows matching the latency anchor (issue 14's table)."""
+    from fsseg.anchor import DEFAULT_ANCHOR, anchor_estimates, load_anchor
+
+    if anchor is None and not DEFAULT_ANCHOR.is_file():
+        return []  # an installed copy without the checkout's reports/: no anchor to compare with
+    return anchor_estimates(rows, load_anchor(anchor or DEFAULT_ANCHOR))
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     """Time the configured method. Rule: the backbone is always randomly initialised
     (``fsseg.efficiency.BENCH_OVERRIDES``: ``backbone.weights=none``), because parameters, FLOPs,
@@ -107,8 +116,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from fsseg.config import load_config
     from fsseg.device import resolve_device
     from fsseg.efficiency import BENCH_OVERRIDES, bench_config, format_table, table_footnote
+    from fsseg.errors import ConfigError
 
     cfg = load_config(args.config, [*args.set, *BENCH_OVERRIDES])
+    if args.against is not None:
+        _bench_against(args, cfg)
+        return
+    if args.rounds is not None:
+        raise ConfigError("--rounds counts the interleaved rounds of --against REV; give --against too")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = bench_config(
@@ -125,6 +140,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
     print(format_table(rows))
     print(table_footnote(rows))
+    for line in _anchor_lines(rows, args.anchor):
+        print(line)
     if args.out:
         document = {
             "config": cfg.to_dict(),
@@ -132,6 +149,44 @@ def cmd_bench(args: argparse.Namespace) -> None:
             "allocator": getattr(args, "allocator", None),
             "results": rows,
         }
+        write_json(args.out, document)
+        print(f"# written to {args.out}")
+
+
+def _bench_against(args: argparse.Namespace, cfg) -> None:
+    """``fsseg bench --against REV``: the current tree and REV in fresh, interleaved processes."""
+    from fsseg.atomic import write_json
+    from fsseg.bench_against import bench_against, format_against_table
+
+    bench_args: list[str] = []
+    for path in args.config:
+        bench_args += ["-c", path]
+    for override in args.set:
+        bench_args += ["--set", override]
+    bench_args += ["--batch-size", str(args.batch_size), "--warmup", str(args.warmup)]
+    bench_args += ["--repeats", str(args.repeats)]
+    if args.device:
+        bench_args += ["--device", args.device]
+    if args.bf16:
+        bench_args.append("--bf16")
+    if args.channels_last:
+        bench_args.append("--channels-last")
+    document = bench_against(
+        args.against,
+        bench_args,
+        sizes=args.sizes or [cfg.dataset.image_size],
+        shots=args.shots or [cfg.eval.shot],
+        rounds=3 if args.rounds is None else args.rounds,
+        threads=args.threads or 1,
+        log=sys.stderr,
+    )
+    print(format_against_table(document))
+    current_rows = [
+        {**r["current_rows"][0], "latency_ms_median": r["current_ms"]} for r in document["results"]
+    ]
+    for line in _anchor_lines(current_rows, args.anchor):
+        print(line)
+    if args.out:
         write_json(args.out, document)
         print(f"# written to {args.out}")
 
@@ -284,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.description = (
         "Time the configured method on synthetic episodes (randomly initialised backbone: weights do not "
         "change the cost) over image sizes x shots and print a table; bf16/channels-last runs are added "
-        "next to the fp32 run when asked for."
+        "next to the fp32 run when asked for. With --against REV, the current source tree and git revision "
+        "REV are timed in fresh, interleaved processes and their latency ratios printed. Rows matching the "
+        "latency anchor (reports/anchor/) get an estimate of ours/official."
     )
     _add_config_args(p)
     p.add_argument("--sizes", type=int, nargs="+", metavar="PX", help="input sizes (default: image_size)")
@@ -297,6 +354,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="also time under bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="also time in channels-last memory format")
     p.add_argument("--out", help="JSON file to write the results to (atomically)")
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="time this source tree against git revision REV of fsseg (same inputs, fresh processes, "
+        "interleaved) and print current/REV latency ratios; threads default to 1 here",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="with --against: interleaved rounds per size, shot (default 3)",
+    )
+    p.add_argument(
+        "--anchor",
+        metavar="FILE.csv",
+        help="latency anchor for the ours/official estimate (default: reports/anchor/official_latency.csv "
+        "of the checkout, when present)",
+    )
     p.set_defaults(func=cmd_bench, runs_models=True)
 
     p = sub.add_parser("config", help="print the resolved config (or describe every key)")
