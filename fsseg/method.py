@@ -86,6 +86,11 @@ class FewShotMethod(nn.Module):
     """Inference-time probes the diagnostics run (name → what it switches off), e.g. ``{"prior_off":
     "the prior map is replaced by zeros"}``. Inside ``with method.probe(name):`` the method's forward
     honours ``self.active_probe == name``; the weights are untouched."""
+    has_base_learner: ClassVar[bool] = False
+    """Whether the method holds a *base learner* (BAM): a semantic-segmentation network of the fold's base
+    classes that the harness trains before the method (``fsseg base-learner``, cached per dataset, fold,
+    backbone and pretraining seed, shared by every variant and seed) and loads, frozen, into it. Such a
+    method implements :meth:`build_base_learner`."""
     registry_name: ClassVar[str] = ""
 
     def __init__(self, params: Any, backbone: BackboneSpec) -> None:
@@ -134,6 +139,18 @@ class FewShotMethod(nn.Module):
     def loss(self, outputs: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         """Loss terms; ``"loss"`` is the total that is minimised, the others are logged."""
         raise NotImplementedError
+
+    def build_base_learner(self, base_class_ids: tuple[int, ...]) -> None:
+        """Build the base learner's own layers for the fold's base classes (dataset label ids, in order);
+        the harness calls it right after construction when ``has_base_learner`` is set."""
+        raise ConfigError(f"method {self.registry_name!r} declares no base learner")
+
+    def base_learner(self) -> nn.Module:
+        """The base learner as one module (its layers shared with the method, not copied): images
+        [N, 3, H, W] → logits [N, 1 + n_base, h, w], channel 0 background, channel i the i-th base class.
+        The harness trains it as plain semantic segmentation, caches its ``state_dict`` and loads it back,
+        frozen, before the method's own training."""
+        raise ConfigError(f"method {self.registry_name!r} declares no base learner")
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; override for per-module learning rates."""

@@ -196,15 +196,30 @@ class DatasetAdapter:
         return cls.pretrain_num_classes if split == cls.pretrain_split else len(cls.class_names)
 
     def novel_classes(self, fold: int) -> list[int]:
-        if not 0 <= fold < len(self.folds):
-            raise DataError(
-                f"fold {fold} is out of range for {self.registry_name!r} ({len(self.folds)} folds)"
-            )
-        return list(self.folds[fold])
+        return self._novel_of(self.folds, fold)
 
     def base_classes(self, fold: int) -> list[int]:
-        novel = set(self.novel_classes(fold))
-        used = sorted({c for fold_ids in self.folds for c in fold_ids})
+        return self._base_of(self.folds, fold)
+
+    @classmethod
+    def fold_base_classes(cls, options: dict[str, Any] | Any, fold: int) -> list[int]:
+        """The base class ids of ``fold`` without opening the dataset (for sizing a model's classifier)."""
+        from fsseg.schema import from_dict
+
+        if isinstance(options, dict):
+            options = from_dict(cls.Options, options, "config.dataset.options")
+        return cls._base_of(cls.fold_classes(options), fold)
+
+    @classmethod
+    def _novel_of(cls, folds: list[list[int]], fold: int) -> list[int]:
+        if not 0 <= fold < len(folds):
+            raise DataError(f"fold {fold} is out of range for {cls.registry_name!r} ({len(folds)} folds)")
+        return list(folds[fold])
+
+    @classmethod
+    def _base_of(cls, folds: list[list[int]], fold: int) -> list[int]:
+        novel = set(cls._novel_of(folds, fold))
+        used = sorted({c for fold_ids in folds for c in fold_ids})
         return [c for c in used if c not in novel]
 
     # --- the index ---------------------------------------------------------------------------------
