@@ -49,6 +49,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     pretrain_backbone(_load(args), Path(args.out) if args.out else None)
 
 
+def cmd_base_learner(args: argparse.Namespace) -> None:
+    from fsseg.engine.base_learner import train_base_learner
+
+    train_base_learner(_load(args), Path(args.out) if args.out else None)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from fsseg.engine.train import train
 
@@ -278,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", help="weights file to write (default: under output_root/<dataset>/backbones/)")
     p.set_defaults(func=cmd_pretrain, runs_models=True)
+
+    p = sub.add_parser(
+        "base-learner", help="train a method's base learner on a fold's base classes (BAM; shared by seeds)"
+    )
+    p.description = (
+        "Train the base learner of the configured method (one that declares it, e.g. BAM's PSPNet) as plain "
+        "semantic segmentation of the fold's base classes with the pretrain.* settings, and cache it per "
+        "dataset, method, backbone, fold and pretraining seed for `fsseg train`."
+    )
+    _add_config_args(p)
+    p.add_argument("--out", help="file to write (default: under output_root/<dataset>/base_learners/)")
+    p.set_defaults(func=cmd_base_learner, runs_models=True)
 
     p = sub.add_parser("train", help="train a method on a fold's base classes (resumes after a kill)")
     p.description = (

@@ -287,6 +287,11 @@ class ExperimentConfig:
         """Where ``fsseg pretrain`` writes the backbone this config's methods start from."""
         return Path(paths.PRETRAINED_BACKBONE.format(**self._path_fields()))
 
+    @property
+    def base_learner_path(self) -> Path:
+        """Where ``fsseg base-learner`` writes the base learner of this config's method and fold."""
+        return Path(paths.BASE_LEARNER.format(**self._path_fields()))
+
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Merge ``override`` into a copy of ``base``; mappings merge recursively, other values replace."""

@@ -13,7 +13,7 @@ from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter, open_dataset
 from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec, FewShotMethod, TrainRecipe
-from fsseg.registry import METHODS
+from fsseg.registry import DATASETS, METHODS
 from fsseg.schema import from_dict
 
 
@@ -37,7 +37,15 @@ def build_method(cfg: ExperimentConfig) -> FewShotMethod:
             )
         spec.weights = str(path)
     torch.manual_seed(cfg.train.train_seed)
-    return method_cls(params, spec)
+    method = method_cls(params, spec)
+    if method_cls.has_base_learner:
+        method.build_base_learner(fold_base_classes(cfg))
+    return method
+
+
+def fold_base_classes(cfg: ExperimentConfig) -> tuple[int, ...]:
+    """The base class ids of the config's fold, from the dataset's fold definition (no file is read)."""
+    return tuple(DATASETS.get(cfg.dataset.name).fold_base_classes(cfg.dataset.options, cfg.fold))
 
 
 def effective_recipe(cfg: ExperimentConfig) -> TrainRecipe:
@@ -124,6 +132,20 @@ def pretraining_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+def base_learner_identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What decides a base learner's weights beyond its file name (dataset, method, backbone, fold,
+    pretraining seed): the pretraining settings it is trained with, the backbone it starts from, the
+    training-image filter and the image size."""
+    data = cfg.to_dict()
+    identity = {
+        **pretraining_identity(cfg),
+        "backbone": data["backbone"],
+        "train_filter": cfg.dataset.train_filter,
+        "dataset_options": data["dataset"]["options"],
+    }
+    return identity
+
+
 def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     """The parts of a config that determine the trained weights (not eval or logging settings)."""
     data = cfg.to_dict()
@@ -144,6 +166,8 @@ def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     }
     if cfg.backbone.weights == "fold_pretrained":  # the backbone file's weights come from these
         identity["pretrain"] = pretraining_identity(cfg)["pretrain"]
+    if METHODS.get(cfg.method.name).has_base_learner:  # so do the frozen base learner's
+        identity["base_learner"] = base_learner_identity(cfg)
     return identity
 
 

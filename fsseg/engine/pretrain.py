@@ -27,7 +27,8 @@ from torch import nn
 
 from fsseg import IGNORE_INDEX
 from fsseg.atomic import save_torch, write_json
-from fsseg.config import ExperimentConfig
+from fsseg.config import ExperimentConfig, PretrainConfig
+from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.loading import augment_pair, image_tensor, mask_tensor
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import build_dataset, pretraining_identity
@@ -51,20 +52,101 @@ def _label_map(num_classes: int, base: list[int], novel: list[int]) -> np.ndarra
     return table
 
 
-def _check_same_pretraining(cfg: ExperimentConfig, out: Path) -> None:
-    """Refuse to reuse a backbone file pretrained with other settings (an older file without the record
-    of them is reused as before)."""
+class StageClassifier(nn.Module):
+    """A backbone read at one stage, followed by a 1×1 classifier: the network a backbone is pretrained in."""
+
+    def __init__(self, backbone: nn.Module, stage: str, classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.stage = stage
+        self.head = nn.Conv2d(backbone.channels[stage], classes, kernel_size=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images, stages=(self.stage,))[self.stage])
+
+
+def fit_semantic_segmentation(
+    model: nn.Module,
+    adapter: DatasetAdapter,
+    split: str,
+    image_ids: list[str],
+    table: np.ndarray,
+    settings: PretrainConfig,
+    numerics: Numerics,
+    device: torch.device,
+    size: int,
+    label: str,
+) -> float:
+    """Train ``model`` (images → logits [N, classes, h, w]) in place as plain semantic segmentation.
+
+    Every parameter of ``model`` is trained (``requires_grad`` switched on); labels are ``table`` applied to
+    the masks (255 ignored). ``pretrain.*`` gives steps, batch, Adam learning rate (cosine decay to zero),
+    weight decay and the seed of the image draws. Returns the last step's loss.
+    """
+    model = numerics.apply(model.to(device))
+    for p in model.parameters():
+        p.requires_grad = True
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
+    progress = Progress(label, settings.iterations)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for it in range(settings.iterations):
+        rng = np.random.default_rng([settings.seed, it])
+        picks = rng.choice(
+            len(image_ids), size=settings.batch_size, replace=len(image_ids) < settings.batch_size
+        )
+        images, labels = [], []
+        for index in picks:
+            image = adapter.load_image(split, image_ids[index])
+            target = table[adapter.load_mask(split, image_ids[index])]
+            image, target = augment_pair(image, target, rng)
+            images.append(image_tensor(image, size))
+            labels.append(mask_tensor(target, size))
+        x, y = torch.stack(images).to(device), torch.stack(labels).to(device)
+        with numerics.autocast(device):
+            logits = model(x)
+        logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
+        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"{label} diverged at step {it + 1}; lower pretrain.lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        progress.update(it + 1, f"loss {loss.item():.4f}")
+    return float(loss.item())
+
+
+def base_class_table(adapter: DatasetAdapter, fold: int) -> np.ndarray:
+    """Label table of a fold's base-class segmentation (see :func:`_label_map`)."""
+    return _label_map(adapter.num_classes, adapter.base_classes(fold), adapter.novel_classes(fold))
+
+
+def base_training_images(cfg: ExperimentConfig, adapter: DatasetAdapter) -> list[str]:
+    """The training split's images, less those holding a novel class under ``train_filter: remove_novel``."""
+    split = adapter.train_split
+    image_ids = adapter.image_ids(split)
+    if cfg.dataset.train_filter == "remove_novel":
+        novel = set(adapter.novel_classes(cfg.fold))
+        image_ids = [i for i in image_ids if not adapter.contains_any(split, i, novel)]
+    return image_ids
+
+
+def check_same_identity(out: Path, wanted: dict) -> None:
+    """Refuse to reuse a file trained with other settings, as recorded in its ``.json`` (an older file
+    without the record is reused as before)."""
     meta_path = out.with_suffix(".json")
     if not meta_path.is_file():
         return
     stored = json.loads(meta_path.read_text()).get("identity")
     if stored is None:
         return
-    wanted = json.loads(json.dumps(pretraining_identity(cfg)))
+    wanted = json.loads(json.dumps(wanted))
     if stored != wanted:
         differing = ", ".join(differing_keys(stored, wanted))
         raise ConfigError(
-            f"{out} was pretrained with other settings (differing: {differing}; see {meta_path}); "
+            f"{out} was trained with other settings (differing: {differing}; see {meta_path}); "
             "delete it to pretrain again, or set output_root elsewhere"
         )
 
@@ -72,7 +154,7 @@ def _check_same_pretraining(cfg: ExperimentConfig, out: Path) -> None:
 def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     out = out or cfg.pretrained_backbone_path
     if out.is_file():
-        _check_same_pretraining(cfg, out)
+        check_same_identity(out, pretraining_identity(cfg))
         print(f"fsseg: {out} exists; nothing to do", file=sys.stderr)
         return out
     settings = cfg.pretrain
@@ -94,13 +176,10 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         table = np.arange(256, dtype=np.uint8)  # label ids are the auxiliary classes themselves
         what = f"{n_classes} auxiliary classes (no fold's)"
     else:
-        base, novel = adapter.base_classes(cfg.fold), adapter.novel_classes(cfg.fold)
         split = adapter.train_split
-        image_ids = adapter.image_ids(split)
-        if cfg.dataset.train_filter == "remove_novel":
-            image_ids = [i for i in image_ids if not adapter.contains_any(split, i, set(novel))]
-        n_classes = len(base)
-        table = _label_map(adapter.num_classes, base, novel)
+        image_ids = base_training_images(cfg, adapter)
+        n_classes = len(adapter.base_classes(cfg.fold))
+        table = base_class_table(adapter, cfg.fold)
         what = f"{n_classes} base classes of fold {cfg.fold}"
     if not image_ids:
         raise DataError(f"no pretraining images in split {split!r} of {cfg.dataset.name!r}")
@@ -112,46 +191,20 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         output_stride=cfg.backbone.output_stride,
         max_stage=cfg.backbone.max_stage,
     )
-    backbone = numerics.apply(build_backbone(spec).to(device))
+    backbone = build_backbone(spec)
     last_stage = backbone.stages[-1]
-    head = numerics.apply(nn.Conv2d(backbone.channels[last_stage], n_classes + 1, kernel_size=1).to(device))
-    params = list(backbone.parameters()) + list(head.parameters())
-    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
-    size = cfg.dataset.image_size
+    model = StageClassifier(backbone, last_stage, n_classes + 1)
     print(
         f"fsseg: pretraining {cfg.backbone.name} on {what} of {cfg.dataset.name} "
         f"({len(image_ids)} images, {settings.iterations} steps) on {describe_device(device)}, "
         f"{numerics.describe()}",
         file=sys.stderr,
     )
-    progress = Progress("pretrain", settings.iterations)
     started = time.perf_counter()
-    backbone.train()
-    for it in range(settings.iterations):
-        rng = np.random.default_rng([settings.seed, it])
-        picks = rng.choice(
-            len(image_ids), size=settings.batch_size, replace=len(image_ids) < settings.batch_size
-        )
-        images, labels = [], []
-        for index in picks:
-            image = adapter.load_image(split, image_ids[index])
-            label = table[adapter.load_mask(split, image_ids[index])]
-            image, label = augment_pair(image, label, rng)
-            images.append(image_tensor(image, size))
-            labels.append(mask_tensor(label, size))
-        x, y = torch.stack(images).to(device), torch.stack(labels).to(device)
-        with numerics.autocast(device):
-            logits = head(backbone(x, stages=(last_stage,))[last_stage])
-        logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
-        loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"backbone pretraining diverged at step {it + 1}; lower pretrain.lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        progress.update(it + 1, f"loss {loss.item():.4f}")
+    size = cfg.dataset.image_size
+    final_loss = fit_semantic_segmentation(
+        model, adapter, split, image_ids, table, settings, numerics, device, size, "pretrain"
+    )
     meta = {
         "dataset": cfg.dataset.name,
         "scope": cfg.pretrain_scope,
@@ -162,10 +215,10 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         "image_size": size,
         "pretrain": cfg.to_dict()["pretrain"],
         "identity": pretraining_identity(cfg),
-        "final_loss": float(loss.item()),
+        "final_loss": final_loss,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    save_torch(out, {"backbone": backbone.state_dict(), "meta": meta})
+    save_torch(out, {"backbone": model.backbone.state_dict(), "meta": meta})
     write_json(out.with_suffix(".json"), meta)
     print(
         f"fsseg: pretrained backbone written to {out} in {format_duration(meta['seconds'])}", file=sys.stderr

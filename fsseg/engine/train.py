@@ -40,6 +40,7 @@ from fsseg.data.decoded import DecodedImages
 from fsseg.data.episodes import EpisodeManifest, TrainEpisodeSampler, build_test_manifest
 from fsseg.data.loading import TrainEpisodes, collate_episodes
 from fsseg.device import describe_device, resolve_device
+from fsseg.engine.base_learner import load_base_learner
 from fsseg.engine.build import (
     build_dataset,
     build_method,
@@ -184,7 +185,10 @@ def _train_locked(
     note = numerics.check(device, "train.precision")
     if note:
         print(f"fsseg: {note}", file=sys.stderr)
-    method = numerics.apply(build_method(cfg).to(device))
+    method = build_method(cfg)
+    if method.has_base_learner:
+        load_base_learner(cfg, method)
+    method = numerics.apply(method.to(device))
     total = recipe.iterations if method.is_trainable else 0
     optimizer = build_optimizer(method, recipe) if method.is_trainable else None
     scheduler = build_scheduler(optimizer, recipe) if optimizer is not None else None
