@@ -89,6 +89,25 @@ def test_default_config_plans_every_stage():
     assert counts["evaluate"] == counts["train"]
 
 
+def test_a_method_with_a_base_learner_gets_one_per_fold_shared_by_its_runs(tmp_path):
+    """BAM in the tiny grid: one base-learner job per fold, an input of every BAM training of that fold."""
+    text = (REPO / "config/tiny.yaml").read_text()
+    assert "    dsmfnet: [default]\n" in text
+    config = tmp_path / "tiny_bam.yaml"
+    with_bam = text.replace("    dsmfnet: [default]\n", "    dsmfnet: [default]\n    bam: [default]\n")
+    config.write_text(with_bam)
+    output = _dry_run("--forceall", "--configfile", str(config))
+    assert _job_counts(output)["base_learner"] == 2  # folds 0 and 1, for both train seeds
+    jobs = _planned_jobs(output)
+    learners = {w["fold"] for rule, w in jobs if rule == "base_learner" and w["method"] == "bam"}
+    assert learners == {"0", "1"}
+    trainings = [block.split("\n[")[0] for block in output.split("\nrule train:")[1:]]
+    assert any("method=bam" in job for job in trainings)
+    for job in trainings:
+        inputs = job.split("\n", 2)[1]
+        assert ("base_learners/bam/" in inputs) == ("method=bam," in job), job[:400]
+
+
 @pytest.mark.slow
 @pytest.mark.workflow
 def test_tiny_workflow_runs_end_to_end_and_reruns_nothing(tmp_path):

@@ -164,6 +164,7 @@ RUN_DIR = wildcard_pattern(paths.RUN_DIR)
 EVAL_DIR = wildcard_pattern(paths.EVAL_DIR)
 MANIFEST = wildcard_pattern(paths.MANIFEST)
 BACKBONE = wildcard_pattern(paths.PRETRAINED_BACKBONE)
+BASE_LEARNER = wildcard_pattern(paths.BASE_LEARNER)
 
 
 def prepared_marker(tag):
@@ -258,6 +259,22 @@ def backbone_input(wildcards):
         return []
     return BACKBONE.format(**path_fields(wildcards.dataset, fold=wildcards.fold, backbone=wildcards.backbone,
                                          pretrain_scope=pretrain_scope(wildcards.dataset, wildcards.fold)))
+
+
+def base_learner_input(wildcards):
+    """The method's base learner of the fold (one file for every variant, shot and seed) when the method
+    declares one (BAM), else nothing."""
+    if not METHODS.get(wildcards.method).has_base_learner:
+        return []
+    return BASE_LEARNER.format(**path_fields(wildcards.dataset, method=wildcards.method, fold=wildcards.fold,
+                                             backbone=wildcards.backbone))
+
+
+def base_learner_args(wildcards):
+    """The fold and the method; its method_overrides too, so the method is built as its runs build it."""
+    pairs = [("fold", wildcards.fold), ("method.name", wildcards.method)]
+    pairs += [tuple(item.split("=", 1)) for item in METHOD_OVERRIDES.get(wildcards.method, [])]
+    return _sets(pairs)
 
 
 def eval_dirs(tag):

@@ -1,4 +1,5 @@
-# Data preparation (once per dataset) and base-class backbone pretraining (once per fold).
+# Data preparation (once per dataset), base-class backbone pretraining (once per fold) and the base
+# learners of methods that declare one (BAM: once per method, backbone and fold, shared by every seed).
 
 
 rule prepare:
@@ -36,3 +37,27 @@ rule pretrain:
         runtime=120,
     shell:
         "OMP_NUM_THREADS={threads} fsseg pretrain -c {input.experiment} {params.sets} --out {output} > {log} 2>&1"
+
+
+# A method's base learner (BAM's PSPNet) on the fold's base classes, before any training of that method
+# and fold; it starts from the fold's pretrained backbone when the dataset uses one.
+rule base_learner:
+    input:
+        prepared=prepared_input,
+        backbone=backbone_input,
+        experiment=experiment_file,
+    output:
+        BASE_LEARNER,
+    params:
+        sets=base_learner_args,
+    priority: 15
+    log:
+        f"{LOGS}/{{dataset}}/base_learner/{{method}}_{{backbone}}_fold{{fold}}_seed{{pretrain_seed}}.log",
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "OMP_NUM_THREADS={threads} fsseg base-learner -c {input.experiment} {params.sets} --out {output} "
+        "> {log} 2>&1"

@@ -9,6 +9,7 @@ rule train:
     input:
         prepared=prepared_input,
         backbone=backbone_input,
+        base_learner=base_learner_input,
         experiment=experiment_file,
     output:
         RUN_DIR + "/train_summary.json",
