@@ -290,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.description = (
         "Train the base learner of the configured method (one that declares it, e.g. BAM's PSPNet) as plain "
-        "semantic segmentation of the fold's base classes with the pretrain.* settings, and cache it per "
-        "dataset, method, backbone, fold and pretraining seed for `fsseg train`."
+        "semantic segmentation of the fold's base classes with the base_learner.* settings, and cache it per "
+        "dataset, method, backbone, fold and base_learner.seed for `fsseg train`."
     )
     _add_config_args(p)
     p.add_argument("--out", help="file to write (default: under output_root/<dataset>/base_learners/)")

@@ -199,6 +199,24 @@ class PretrainConfig:
     channels_last: bool = _channels_last_field("backbone pretraining")
 
 
+@dataclass
+class BaseLearnerConfig:
+    """The training of a method's base learner (``fsseg base-learner``; only methods that declare one)."""
+
+    iterations: int = opt(
+        1500, help="steps of the base learner's semantic segmentation of the base classes", ge=1
+    )
+    batch_size: int = opt(16, help="images per step", ge=1)
+    lr: float = opt(1e-3, help="Adam learning rate (cosine decay to zero)", gt=0)
+    weight_decay: float = opt(1e-4, help="Adam weight decay", ge=0)
+    seed: int = opt(
+        0, help="seed of the head's initialisation and of the image draws (in the file name)", ge=0
+    )
+    device: str = opt("auto", help="'auto', 'cpu' or 'cuda[:N]'")
+    precision: Literal["fp32", "bf16"] = _precision_field("base-learner training")
+    channels_last: bool = _channels_last_field("base-learner training")
+
+
 #: The two published iSAID-5i protocols: the config values each one fixes.
 PROTOCOLS: dict[str, dict[str, Any]] = {
     # SDM → SCCNet → MGCL (HSNet's test): novel-class training pixels kept as background,
@@ -227,6 +245,7 @@ class ExperimentConfig:
     train: TrainConfig = opt(TrainConfig())
     eval: EvalConfig = opt(EvalConfig())
     pretrain: PretrainConfig = opt(PretrainConfig())
+    base_learner: BaseLearnerConfig = opt(BaseLearnerConfig())
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -260,6 +279,7 @@ class ExperimentConfig:
             "split": self.eval.split,
             "min_object_px": self.dataset.min_object_px,
             "pretrain_seed": self.pretrain.seed,
+            "base_learner_seed": self.base_learner.seed,
             "pretrain_scope": self.pretrain_scope,
         }
 

@@ -89,7 +89,7 @@ class FewShotMethod(nn.Module):
     has_base_learner: ClassVar[bool] = False
     """Whether the method holds a *base learner* (BAM): a semantic-segmentation network of the fold's base
     classes that the harness trains before the method (``fsseg base-learner``, cached per dataset, fold,
-    backbone and pretraining seed, shared by every variant and seed) and loads, frozen, into it. Such a
+    backbone and ``base_learner.seed``, shared by every variant and seed) and loads, frozen, into it. Such a
     method implements :meth:`build_base_learner`."""
     registry_name: ClassVar[str] = ""
 

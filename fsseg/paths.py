@@ -25,7 +25,9 @@ PRETRAINED_BACKBONE = "{output_root}/{dataset}/backbones/{backbone}_{pretrain_sc
 """A backbone pretrained by ``fsseg pretrain``: on one fold's base classes (scope ``fold<N>``) or on
 the dataset's auxiliary pretraining classes, shared by every fold (scope ``auxiliary``)."""
 
-BASE_LEARNER = "{output_root}/{dataset}/base_learners/{method}/{backbone}_fold{fold}_seed{pretrain_seed}.pt"
+BASE_LEARNER = (
+    "{output_root}/{dataset}/base_learners/{method}/{backbone}_fold{fold}_seed{base_learner_seed}.pt"
+)
 """A method's base learner trained by ``fsseg base-learner`` on one fold's base classes (BAM's PSPNet);
 shared by every variant, shot and train seed of the method."""
 

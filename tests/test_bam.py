@@ -201,8 +201,8 @@ def test_base_learner_is_trained_cached_and_loaded_frozen(toy_config, tmp_path) 
     common = (
         "method.name=bam",
         "backbone.weights=none",
-        "pretrain.iterations=2",
-        "pretrain.batch_size=2",
+        "base_learner.iterations=2",
+        "base_learner.batch_size=2",
         "train.iterations=1",
         "train.checkpoint_every=1",
         "method.params={reduce_dim: 8}",
@@ -220,10 +220,10 @@ def test_base_learner_is_trained_cached_and_loaded_frozen(toy_config, tmp_path) 
     assert cached["head.cls.4.weight"].shape[0] == 1 + len(meta["base_classes"])
     assert train_base_learner(cfg) == path  # same settings: reused
     with pytest.raises(ConfigError, match="other settings"):
-        train_base_learner(toy_config(*common, "pretrain.lr=0.01"))
+        train_base_learner(toy_config(*common, "base_learner.lr=0.01"))
     # one file for every train seed; the run's identity carries the base learner's settings
     assert toy_config(*common, "train.train_seed=3").base_learner_path == path
-    assert run_id(cfg) != run_id(toy_config(*common, "pretrain.lr=0.01"))
+    assert run_id(cfg) != run_id(toy_config(*common, "base_learner.lr=0.01"))
 
     method = build_method(cfg)
     load_base_learner(cfg, method)

@@ -2,9 +2,9 @@
 
 A method that sets ``has_base_learner`` exposes it through ``base_learner()`` (images → logits over
 background + the fold's base classes, its layers shared with the method). ``fsseg base-learner`` trains
-that module as plain semantic segmentation of the fold's base classes, with the ``pretrain.*`` settings
-and the same loop that pretrains backbones, and writes it to ``paths.BASE_LEARNER``: one file per
-dataset, method, backbone, fold and pretraining seed, shared by every variant, shot and train seed.
+that module as plain semantic segmentation of the fold's base classes, with the ``base_learner.*``
+settings and the loop that pretrains backbones, and writes it to ``paths.BASE_LEARNER``: one file per
+dataset, method, backbone, fold and ``base_learner.seed``, shared by every variant, shot and train seed.
 ``fsseg train`` loads it, frozen, before the method's own training. Nothing here names a method.
 """
 
@@ -47,10 +47,10 @@ def train_base_learner(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         check_same_identity(out, base_learner_identity(cfg))
         print(f"fsseg: {out} exists; nothing to do", file=sys.stderr)
         return out
-    settings = cfg.pretrain
+    settings = cfg.base_learner
     device = resolve_device(settings.device)
     numerics = Numerics(settings.precision, settings.channels_last)
-    note = numerics.check(device, "pretrain.precision")
+    note = numerics.check(device, "base_learner.precision")
     if note:
         print(f"fsseg: {note}", file=sys.stderr)
     adapter = build_dataset(cfg)
@@ -72,7 +72,7 @@ def train_base_learner(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     size = cfg.dataset.image_size
     table = base_class_table(adapter, cfg.fold)
     final_loss = fit_semantic_segmentation(
-        learner, adapter, split, image_ids, table, settings, numerics, device, size, "base learner"
+        learner, adapter, split, image_ids, table, settings, numerics, device, size, "base_learner"
     )
     meta = {
         "dataset": cfg.dataset.name,

@@ -133,16 +133,19 @@ def pretraining_identity(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def base_learner_identity(cfg: ExperimentConfig) -> dict[str, Any]:
-    """What decides a base learner's weights beyond its file name (dataset, method, backbone, fold,
-    pretraining seed): the pretraining settings it is trained with, the backbone it starts from, the
-    training-image filter and the image size."""
+    """What decides a base learner's weights beyond its file name (dataset, method, backbone, fold, seed):
+    ``base_learner.*`` but the device, the backbone it starts from (with the pretraining of a
+    ``fold_pretrained`` one), the training-image filter, the dataset options and the image size."""
     data = cfg.to_dict()
     identity = {
-        **pretraining_identity(cfg),
+        "base_learner": {k: v for k, v in data["base_learner"].items() if k != "device"},
         "backbone": data["backbone"],
+        "image_size": cfg.dataset.image_size,
         "train_filter": cfg.dataset.train_filter,
         "dataset_options": data["dataset"]["options"],
     }
+    if cfg.backbone.weights == "fold_pretrained":
+        identity["pretrain"] = pretraining_identity(cfg)
     return identity
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from fsseg import IGNORE_INDEX
 from fsseg.atomic import save_torch, write_json
-from fsseg.config import ExperimentConfig, PretrainConfig
+from fsseg.config import BaseLearnerConfig, ExperimentConfig, PretrainConfig
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.loading import augment_pair, image_tensor, mask_tensor
 from fsseg.device import describe_device, resolve_device
@@ -71,17 +71,19 @@ def fit_semantic_segmentation(
     split: str,
     image_ids: list[str],
     table: np.ndarray,
-    settings: PretrainConfig,
+    settings: PretrainConfig | BaseLearnerConfig,
     numerics: Numerics,
     device: torch.device,
     size: int,
     label: str,
 ) -> float:
+    # ``label`` names the config section of ``settings`` in the progress line and in errors
     """Train ``model`` (images → logits [N, classes, h, w]) in place as plain semantic segmentation.
 
     Every parameter of ``model`` is trained (``requires_grad`` switched on); labels are ``table`` applied to
-    the masks (255 ignored). ``pretrain.*`` gives steps, batch, Adam learning rate (cosine decay to zero),
-    weight decay and the seed of the image draws. Returns the last step's loss.
+    the masks (255 ignored). ``settings`` (``pretrain.*`` or ``base_learner.*``) give steps, batch, Adam
+    learning rate (cosine decay to zero), weight decay and the seed of the image draws. Returns the last
+    step's loss.
     """
     model = numerics.apply(model.to(device))
     for p in model.parameters():
@@ -109,7 +111,7 @@ def fit_semantic_segmentation(
         logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"{label} diverged at step {it + 1}; lower pretrain.lr")
+            raise TrainingDiverged(f"{label} diverged at step {it + 1}; lower {label}.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

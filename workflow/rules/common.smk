@@ -34,6 +34,7 @@ wildcard_constraints:
     episode_seed=r"\d+",
     n_episodes=r"\d+|all",
     pretrain_seed=r"\d+",
+    base_learner_seed=r"\d+",
     pretrain_scope=r"fold\d+|auxiliary",
 
 
@@ -140,6 +141,7 @@ def path_fields(tag, **fixed):
         "split": cfg.eval.split,
         "min_object_px": cfg.dataset.min_object_px,
         "pretrain_seed": cfg.pretrain.seed,
+        "base_learner_seed": cfg.base_learner.seed,
         "n_episodes": GRID["n_episodes"],
     }
     for name in ("method", "variant", "fold", "train_shot", "train_seed", "shot", "episode_seed"):
@@ -154,7 +156,7 @@ def wildcard_pattern(template):
     """A template with every field a wildcard (the form rules declare as outputs)."""
     names = ["output_root", "dataset", "method", "variant", "backbone", "fold", "train_shot",
              "train_seed", "shot", "episode_seed", "n_episodes", "split", "min_object_px",
-             "pretrain_seed", "pretrain_scope"]
+             "pretrain_seed", "pretrain_scope", "base_learner_seed"]
     fields = {n: "{" + n + "}" for n in names}
     fields["output_root"] = RESULTS
     return template.format(**fields)

@@ -52,7 +52,7 @@ rule base_learner:
         sets=base_learner_args,
     priority: 15
     log:
-        f"{LOGS}/{{dataset}}/base_learner/{{method}}_{{backbone}}_fold{{fold}}_seed{{pretrain_seed}}.log",
+        f"{LOGS}/{{dataset}}/base_learner/{{method}}_{{backbone}}_fold{{fold}}_seed{{base_learner_seed}}.log",
     threads: 2
     resources:
         gpu=1,
