@@ -210,6 +210,7 @@ def test_base_learner_is_trained_cached_and_loaded_frozen(toy_config, tmp_path) 
     cfg = toy_config(*common)
     with pytest.raises(ConfigError, match="fsseg base-learner"):
         train(cfg)
+    assert not cfg.run_dir.exists()  # refused before the run folder is written
     untrained = build_method(cfg).base_learner().state_dict()
     path = train_base_learner(cfg)
     assert path == cfg.base_learner_path and path.is_file()

@@ -92,8 +92,8 @@ def train_base_learner(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     return out
 
 
-def load_base_learner(cfg: ExperimentConfig, method: FewShotMethod) -> None:
-    """Load the cached base learner of ``cfg`` into ``method`` and freeze it."""
+def check_base_learner_file(cfg: ExperimentConfig) -> Path:
+    """The cached base learner of ``cfg``, refused when missing or trained with other settings."""
     path = cfg.base_learner_path
     if not path.is_file():
         raise ConfigError(
@@ -101,6 +101,12 @@ def load_base_learner(cfg: ExperimentConfig, method: FewShotMethod) -> None:
             "run `fsseg base-learner` with the same config first"
         )
     check_same_identity(path, base_learner_identity(cfg))
+    return path
+
+
+def load_base_learner(cfg: ExperimentConfig, method: FewShotMethod) -> None:
+    """Load the cached base learner of ``cfg`` into ``method`` and freeze it."""
+    path = check_base_learner_file(cfg)
     state = load_state_file(path)["base_learner"]
     check_finite_state(state, path)
     learner = method.base_learner()

@@ -149,7 +149,7 @@ def check_same_identity(out: Path, wanted: dict) -> None:
         differing = ", ".join(differing_keys(stored, wanted))
         raise ConfigError(
             f"{out} was trained with other settings (differing: {differing}; see {meta_path}); "
-            "delete it to pretrain again, or set output_root elsewhere"
+            "delete it to train it again, or set output_root elsewhere"
         )
 
 

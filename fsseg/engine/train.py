@@ -40,7 +40,7 @@ from fsseg.data.decoded import DecodedImages
 from fsseg.data.episodes import EpisodeManifest, TrainEpisodeSampler, build_test_manifest
 from fsseg.data.loading import TrainEpisodes, collate_episodes
 from fsseg.device import describe_device, resolve_device
-from fsseg.engine.base_learner import load_base_learner
+from fsseg.engine.base_learner import check_base_learner_file, load_base_learner
 from fsseg.engine.build import (
     build_dataset,
     build_method,
@@ -68,6 +68,7 @@ from fsseg.errors import ConfigError, TrainingDiverged
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
 from fsseg.numerics import Numerics
+from fsseg.registry import METHODS
 
 
 class LossWindow:
@@ -165,6 +166,8 @@ def _train_locked(
         check_finished_weights(run_dir / MODEL)
         print(f"fsseg: {run_dir} is already trained; nothing to do", file=sys.stderr)
         return run_dir
+    if METHODS.get(cfg.method.name).has_base_learner:
+        check_base_learner_file(cfg)  # before the run folder is written
     adapter = build_dataset(cfg)
     sampler = TrainEpisodeSampler(
         adapter,
