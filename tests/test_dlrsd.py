@@ -17,7 +17,7 @@ from PIL import Image
 
 from datasets.dlrsd.adapter import TEST_PAIR_FRACTION, Dlrsd, divide_pairs
 from datasets.dlrsd.classes import VARIANT_FOLDS
-from fsseg.data.adapter import DESCRIPTOR
+from fsseg.data.index import DESCRIPTOR
 from fsseg.errors import ConfigError, DataError
 
 SIZE = 16

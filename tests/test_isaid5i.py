@@ -17,7 +17,7 @@ from PIL import Image
 
 from datasets.isaid5i.adapter import MASK_SUFFIX, Isaid5i, decode_colour_mask, source_image
 from datasets.isaid5i.classes import PALETTE
-from fsseg.data.adapter import DESCRIPTOR, INDEX_FORMAT_VERSION
+from fsseg.data.index import DESCRIPTOR, INDEX_FORMAT_VERSION
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
 

@@ -31,7 +31,9 @@ import numpy as np
 from PIL import Image
 
 from datasets.isaid5i.classes import CLASS_NAMES, FOLDS, PALETTE, RELEASED_COUNTS
-from fsseg.data.adapter import DatasetAdapter, build_index_entry, read_image_file
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.files import read_image_file
+from fsseg.data.index import build_index_entry
 from fsseg.data.validation import (
     Problem,
     Problems,

@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Subset
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import EpisodeManifest
 from fsseg.data.loading import ManifestEpisodes, collate_episodes
-from fsseg.engine.progress import Progress
 from fsseg.method import FewShotMethod
 from fsseg.metrics import EpisodeCounts, episode_counts, summarize
+from fsseg.progress import Progress
 
 
 @dataclass(frozen=True)

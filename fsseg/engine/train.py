@@ -50,7 +50,6 @@ from fsseg.engine.build import (
     training_identity,
 )
 from fsseg.engine.infer import InferenceSettings, class_miou, to_device
-from fsseg.engine.progress import Progress, format_duration
 from fsseg.engine.run_state import (
     CHECKPOINT,
     LOG,
@@ -65,6 +64,7 @@ from fsseg.engine.run_state import (
 from fsseg.errors import ConfigError, TrainingDiverged
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
+from fsseg.progress import Progress, format_duration
 
 
 class LossWindow:
