@@ -130,6 +130,7 @@ def resolve_recipe(
     if not needs_training:
         return NOT_TRAINED
     book: RecipeBook = {}
+    # A method's own recipe needs no file; a file that is there is read anyway, to refuse a name both declare.
     if recipe_file is not None and (name not in method_recipes or Path(recipe_file).is_file()):
         book = read_recipe_file(recipe_file, method_names)
     from_file = book.get(name, {}).get(method_name)
