@@ -143,6 +143,10 @@ def test_the_recipe_files_location_is_not_part_of_the_run_identity(toy_root, tmp
     shutil.copy(SYNTHETIC, copy)
     assert run_id(_config(toy_root)) == run_id(_config(toy_root, recipe_file=copy))
     assert run_id(_config(toy_root)) != run_id(_config(toy_root, "train.recipe=official"))
+    # but its values are: an edited recipe file makes another run
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(SYNTHETIC.read_text().replace("lr: 1.0e-3", "lr: 2.0e-3", 1))
+    assert run_id(_config(toy_root)) != run_id(_config(toy_root, recipe_file=edited))
 
 
 def test_fsseg_list_prints_variants_and_both_kinds_of_recipes(tmp_path, capsys) -> None:

@@ -143,6 +143,12 @@ def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
         "backbone": data["backbone"],
         "train": train,
     }
+    # The recipe's values, wherever they are declared (a benchmark's recipe file can change under the
+    # same recipe name); a length in epochs stands for the iterations, as above.
+    recipe = {k: v for k, v in dataclasses.asdict(effective_recipe(cfg)).items() if k != "description"}
+    if recipe["epochs"] is not None:
+        recipe.pop("iterations")
+    identity["recipe"] = recipe
     if cfg.backbone.weights == "fold_pretrained":  # the backbone file's weights come from these
         identity["pretrain"] = pretraining_identity(cfg)["pretrain"]
     return identity
