@@ -78,6 +78,11 @@ run_all() {  # run every command of the pipeline with import folder $1 into outp
     local imports=$1 out=$2 sets
     for method in "${METHODS[@]}"; do
         sets=(--set "output_root=$out" --set "method.name=$method")
+        # A tree whose benchmark recipes live in a recipe file (train.recipe_file) reads it from the tree;
+        # the file's location is not part of a run's identity, its recipe name is.
+        if [[ -f $tree/config/recipes/synthetic.yaml ]]; then
+            sets+=(--set "train.recipe_file=$tree/config/recipes/synthetic.yaml")
+        fi
         fsseg "$imports" train -c "$WORK/tiny.yaml" "${sets[@]}" 2>>"$out.log"
         fsseg "$imports" evaluate -c "$WORK/tiny.yaml" "${sets[@]}" --shots 1 2 --diagnose-shots 1 \
             >>"$out.log" 2>&1

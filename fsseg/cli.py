@@ -211,12 +211,20 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    from fsseg.recipes import read_recipe_file
     from fsseg.registry import DATASETS, METHODS
 
+    files = args.recipe_files
+    if files is None:
+        files = sorted(Path("config/recipes").glob("*.yaml"))
+    books = {str(path): read_recipe_file(path, METHODS.names()) for path in files}
     print("methods:")
     for name in METHODS.names():
         cls = METHODS.get(name)
-        print(f"  {name}: variants {', '.join(cls.variants)}; recipes {', '.join(cls.recipes)}")
+        recipes = [f"{recipe} (method)" for recipe in cls.recipes]
+        recipes += [f"{r} ({path})" for path, book in books.items() for r, per in book.items() if name in per]
+        trained = f"recipes {', '.join(recipes) or 'none'}" if cls.needs_training else "nothing to train"
+        print(f"  {name}: variants {', '.join(cls.variants)}; {trained}")
     print("datasets:")
     for name in DATASETS.names():
         cls = DATASETS.get(name)
@@ -244,7 +252,9 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from fsseg.report import build_report
 
-    written = build_report(args.aggregate, args.spec, args.out, args.efficiency, args.predictions)
+    written = build_report(
+        args.aggregate, args.spec, args.out, args.efficiency, args.predictions, args.train_runs
+    )
     print(f"{args.out}: {len(written)} files (index: {Path(args.out) / 'README.md'})")
 
 
@@ -398,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("list", help="list registered methods (variants, recipes) and datasets")
+    p.add_argument(
+        "--recipe-files",
+        nargs="*",
+        metavar="FILE.yaml",
+        help="benchmark recipe files whose recipes are listed too (default: config/recipes/*.yaml)",
+    )
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(
@@ -445,6 +461,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, metavar="SPEC.yaml", help="report spec (runs, families, shots)")
     p.add_argument("--efficiency", nargs="*", default=[], metavar="FILE.json", help="`fsseg bench` files")
     p.add_argument("--predictions", nargs="*", default=[], metavar="FILE.npz", help="`fsseg predict` files")
+    p.add_argument(
+        "--train-runs",
+        nargs="*",
+        default=[],
+        metavar="train_summary.json",
+        help="trained runs whose training curves are drawn (their train_log.jsonl beside each)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="report folder (e.g. reports/)")
     p.set_defaults(func=cmd_report)
 

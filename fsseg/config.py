@@ -92,7 +92,16 @@ def _channels_last_field(what: str) -> Any:
 class TrainConfig:
     shot: int = opt(1, help="support images per training episode", ge=1, le=20)
     train_seed: int = opt(0, help="seed of initialisation, training episodes and dropout", ge=0)
-    recipe: str = opt("default", help="named training recipe declared by the method")
+    recipe: str = opt(
+        "default",
+        help="named training recipe: one the method declares (official: its paper's) or one of the "
+        "benchmark's recipe file (train.recipe_file)",
+    )
+    recipe_file: str | None = opt(
+        "config/recipes/synthetic.yaml",
+        help="the benchmark's recipe file (recipe name -> method -> recipe; relative to the working "
+        "directory), read when train.recipe is not one the method declares; null = none",
+    )
     iterations: int | None = opt(None, help="optimizer steps (recipe value if null)", ge=0)
     batch_size: int | None = opt(None, help="episodes per step (recipe value if null)", ge=1)
     lr: float | None = opt(None, help="base learning rate (recipe value if null)", gt=0)
@@ -416,7 +425,7 @@ def resolve_method_and_dataset(cfg: ExperimentConfig) -> None:
 
     method_cls = METHODS.get(cfg.method.name)
     cfg.method.params = to_dict(method_cls.resolve_params(cfg.method.variant, cfg.method.params))
-    method_cls.recipe(cfg.train.recipe)  # raises on an unknown recipe name
+    method_cls.recipe(cfg.train.recipe, cfg.train.recipe_file)  # raises on an unknown recipe name
     dataset_cls = DATASETS.get(cfg.dataset.name)
     cfg.dataset.options = to_dict(
         from_dict(dataset_cls.Options, cfg.dataset.options, "config.dataset.options")

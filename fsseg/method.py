@@ -5,7 +5,9 @@ A method is an ``nn.Module`` subclass of :class:`FewShotMethod`, registered with
 
 * ``Params``: a dataclass of its hyper-parameters and ablation switches (validated from config);
 * ``variants``: named parameter sets (ablations), ``"default"`` always present;
-* ``recipes``: named training recipes (optimizer, lr, schedule, iterations, batch size);
+* ``recipes``: what its paper prescribes, ``{"official": TrainRecipe(...)}`` (a benchmark's own
+  recipes, e.g. the synthetic benchmark's CPU recipes, live in its recipe file: ``fsseg.recipes``);
+* ``needs_training``: ``False`` for a method that learns nothing (it then needs no recipe);
 
 and implements ``forward`` (episode batch → dict with ``"logits"`` [B, 2, H, W] at input size, plus
 anything its loss needs) and ``loss``. Everything else (episodes, image size, metrics, seeds,
@@ -23,31 +25,11 @@ import torch
 from torch import nn
 
 from fsseg.errors import ConfigError
+from fsseg.recipes import TrainRecipe, resolve_recipe
+from fsseg.registry import METHODS
 from fsseg.schema import from_dict, opt
 
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How a method is trained by default; every field can be overridden from ``train.*`` config."""
-
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    lr_steps: tuple[int, ...] = ()
-    lr_gamma: float = 0.1
-    poly_power: float = 0.9
-    warmup: int = 0
-    iterations: int = 1000
-    batch_size: int = 4
-    epochs: int | None = None
-    """Length in epochs of the fold's filtered training list; when set it decides the iterations."""
-    augment: str = "flip_rot90"
-    """Training augmentation pipeline (``train.augment``): flip_rot90, pfenet, panet or none."""
-    frozen_bn: str = "eval"
-    """BatchNorm of a frozen backbone in training (``backbone.frozen_bn``): eval or batch_stats."""
-    description: str = ""
+__all__ = ["BackboneSpec", "Batch", "FewShotMethod", "NoParams", "TrainRecipe"]
 
 
 @dataclass
@@ -79,7 +61,10 @@ class FewShotMethod(nn.Module):
 
     Params: ClassVar[type] = NoParams
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
-    recipes: ClassVar[dict[str, TrainRecipe]] = {"default": TrainRecipe()}
+    recipes: ClassVar[dict[str, TrainRecipe]] = {}
+    """The recipes the method's paper prescribes (``"official"``); none for a method without a paper."""
+    needs_training: ClassVar[bool] = True
+    """``False`` for a method that learns nothing: it declares no recipe and trains for zero iterations."""
     trains_backbone: ClassVar[bool] = True
     """Whether the method's paper fine-tunes the backbone (PANet) or keeps it frozen (PFENet)."""
     probes: ClassVar[dict[str, str]] = {}
@@ -124,13 +109,11 @@ class FewShotMethod(nn.Module):
         return from_dict(cls.Params, merged, "config.method.params")
 
     @classmethod
-    def recipe(cls, name: str) -> TrainRecipe:
-        if name not in cls.recipes:
-            known = ", ".join(sorted(cls.recipes))
-            raise ConfigError(
-                f"config.train.recipe: unknown recipe {name!r} of {cls.registry_name!r}; known: {known}"
-            )
-        return cls.recipes[name]
+    def recipe(cls, name: str, recipe_file: str | None = None) -> TrainRecipe:
+        """The recipe ``name``: declared by the method, else by the benchmark's ``recipe_file``."""
+        return resolve_recipe(
+            cls.registry_name, cls.recipes, cls.needs_training, name, recipe_file, METHODS.names()
+        )
 
     # --- hooks ---------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract

@@ -4,6 +4,8 @@ official model, learning, and the harness's base-learner stage on the toy datase
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from fsseg_methods.bam.model import gram_difference, normalised_gram
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 CPU_BACKBONE = BackboneSpec(name="resnet18", max_stage="layer3")  # the synthetic default's cut
+SYNTHETIC_RECIPES = str(Path(__file__).resolve().parents[1] / "config" / "recipes" / "synthetic.yaml")
 
 
 def build(backbone: BackboneSpec = CPU_BACKBONE, base=(1, 2, 3), **overrides) -> BAM:
@@ -45,7 +48,10 @@ def test_registered_with_recipes() -> None:
         8,
     )
     assert official.frozen_bn == "eval"
-    assert BAM.recipe("default") == BAM.recipe("synthetic")
+    assert set(BAM.recipes) == {"official"}  # the CPU recipe is the benchmark's (config/recipes/)
+    cpu = BAM.recipe("default", SYNTHETIC_RECIPES)  # PFENet's CPU recipe: the meta learner is PFENet-like
+    pfenet = METHODS.get("pfenet").recipe("default", SYNTHETIC_RECIPES)
+    assert replace(cpu, description="") == replace(pfenet, description="")
 
 
 @pytest.mark.parametrize("shots", [1, 5])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsseg.data.adapter import DESCRIPTOR
+from fsseg.data.index import DESCRIPTOR
 from fsseg.errors import ConfigError, DataError
 from fsseg_datasets.dlrsd.adapter import TEST_PAIR_FRACTION, Dlrsd, divide_pairs
 from fsseg_datasets.dlrsd.classes import VARIANT_FOLDS

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsseg.data.adapter import DESCRIPTOR, INDEX_FORMAT_VERSION
+from fsseg.data.index import DESCRIPTOR, INDEX_FORMAT_VERSION
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
 from fsseg_datasets.isaid5i.adapter import MASK_SUFFIX, Isaid5i, decode_colour_mask, source_image

@@ -26,7 +26,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from fsseg import IGNORE_INDEX
-from fsseg.data.adapter import DatasetAdapter, build_index_entry, read_image_file, read_label_file
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.files import read_image_file, read_label_file
+from fsseg.data.index import build_index_entry
 from fsseg.data.validation import (
     Problem,
     Problems,

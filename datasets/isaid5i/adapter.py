@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fsseg.data.adapter import DatasetAdapter, build_index_entry, read_image_file
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.files import read_image_file
+from fsseg.data.index import build_index_entry
 from fsseg.data.validation import (
     Problem,
     Problems,

@@ -26,11 +26,11 @@ from fsseg.engine.pretrain import (
     check_same_identity,
     fit_semantic_segmentation,
 )
-from fsseg.engine.progress import format_duration
 from fsseg.engine.run_state import check_finite_state, load_state_file
 from fsseg.errors import ConfigError, DataError
 from fsseg.method import FewShotMethod
 from fsseg.numerics import Numerics
+from fsseg.progress import format_duration
 from fsseg.registry import METHODS
 
 

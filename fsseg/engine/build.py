@@ -49,12 +49,12 @@ def fold_base_classes(cfg: ExperimentConfig) -> tuple[int, ...]:
 
 
 def effective_recipe(cfg: ExperimentConfig) -> TrainRecipe:
-    """The method's named recipe with every non-null ``train.*`` override applied."""
-    recipe = METHODS.get(cfg.method.name).recipe(cfg.train.recipe)
+    """The named recipe (the method's or the benchmark's) with every non-null ``train.*`` override applied."""
+    recipe = METHODS.get(cfg.method.name).recipe(cfg.train.recipe, cfg.train.recipe_file)
     overrides = {
         f.name: getattr(cfg.train, f.name)
         for f in dataclasses.fields(TrainRecipe)
-        if hasattr(cfg.train, f.name) and getattr(cfg.train, f.name) is not None
+        if f.name != "description" and getattr(cfg.train, f.name, None) is not None
     }
     if "lr_steps" in overrides:
         overrides["lr_steps"] = tuple(overrides["lr_steps"])
@@ -153,7 +153,8 @@ def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     """The parts of a config that determine the trained weights (not eval or logging settings)."""
     data = cfg.to_dict()
     train = dict(data["train"])
-    for key in ("checkpoint_every", "log_every", "num_workers", "device"):
+    # recipe_file says where the recipe's values are read from; the recipe's name stays in the identity
+    for key in ("checkpoint_every", "log_every", "num_workers", "device", "recipe_file"):
         train.pop(key)
     # A length in epochs (the config's or the recipe's) decides the iterations from the data; the
     # resolved config written next to the run states both, the config given by the user maybe neither.
@@ -167,6 +168,12 @@ def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
         "backbone": data["backbone"],
         "train": train,
     }
+    # The recipe's values, wherever they are declared (a benchmark's recipe file can change under the
+    # same recipe name); a length in epochs stands for the iterations, as above.
+    recipe = {k: v for k, v in dataclasses.asdict(effective_recipe(cfg)).items() if k != "description"}
+    if recipe["epochs"] is not None:
+        recipe.pop("iterations")
+    identity["recipe"] = recipe
     if cfg.backbone.weights == "fold_pretrained":  # the backbone file's weights come from these
         identity["pretrain"] = pretraining_identity(cfg)["pretrain"]
     if METHODS.get(cfg.method.name).has_base_learner:  # so do the frozen base learner's

@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, Subset
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import EpisodeManifest
 from fsseg.data.loading import ImageSource, ManifestEpisodes, collate_episodes
-from fsseg.engine.progress import Progress
 from fsseg.method import FewShotMethod
 from fsseg.metrics import EpisodeCounts, episode_counts, summarize
 from fsseg.numerics import Numerics
+from fsseg.progress import Progress
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.loading import augment_pair, image_tensor, mask_tensor
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import build_dataset, pretraining_identity
-from fsseg.engine.progress import Progress, format_duration
 from fsseg.engine.run_state import differing_keys
 from fsseg.errors import ConfigError, DataError, TrainingDiverged
 from fsseg.method import BackboneSpec
 from fsseg.models.backbones import build_backbone
 from fsseg.numerics import Numerics
+from fsseg.progress import Progress, format_duration
 
 
 def _label_map(num_classes: int, base: list[int], novel: list[int]) -> np.ndarray:

@@ -52,7 +52,6 @@ from fsseg.engine.build import (
     training_identity,
 )
 from fsseg.engine.infer import InferenceSettings, class_miou, to_device
-from fsseg.engine.progress import Progress, format_duration
 from fsseg.engine.run_state import (
     CHECKPOINT,
     LOG,
@@ -68,6 +67,7 @@ from fsseg.errors import ConfigError, TrainingDiverged
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
 from fsseg.numerics import Numerics
+from fsseg.progress import Progress, format_duration
 from fsseg.registry import METHODS
 
 

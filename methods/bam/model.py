@@ -27,14 +27,13 @@ from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec, Batch, FewShotMethod, TrainRecipe
 from fsseg.models.aspp import ASPP
 from fsseg.models.backbones import build_backbone
+from fsseg.models.heads import PROTOTYPE_EPS, classifier, conv_relu
 from fsseg.models.ops import foreground, masked_average_pool, resize, segmentation_ce
 from fsseg.models.prior import high_level_features, prior_stages, resize_mask, training_free_prior
 from fsseg.models.pspnet import PSPHead, PSPNet
 from fsseg.registry import METHODS
 from fsseg.schema import opt
 
-PROTOTYPE_EPS = 5e-4
-"""Added to the mask area in the weighted GAP (``Weighted_GAP``, official ``model/BAM.py:20-25``)."""
 GRAM_EPS = 1e-7
 """Added to the product of the channel norms in the normalised Gram matrix (official ``:27-34``)."""
 
@@ -77,35 +76,6 @@ class BAMParams:
             raise ConfigError(f"{path}.reweight_shots: 1 has nothing to re-weight; use 0 or a K > 1")
 
 
-def normalised_gram(features: torch.Tensor, eps: float = GRAM_EPS) -> torch.Tensor:
-    """[N, C, C] Gram matrix of ``features`` [N, C, h, w] over the pixels, each entry divided by the
-    product of the two channels' norms (+ ``eps``): a channel-by-channel cosine similarity."""
-    flat = features.flatten(2)  # [N, C, P]
-    norms = flat.norm(dim=2, keepdim=True)  # [N, C, 1]
-    return (flat @ flat.transpose(1, 2)) / (norms @ norms.transpose(1, 2) + eps)
-
-
-def gram_difference(query_low: torch.Tensor, support_low: torch.Tensor) -> torch.Tensor:
-    """BAM's scene difference [B, K]: ‖G(query) − G(support_k)‖_F / C, for ``query_low`` [B, C, h, w] and
-    ``support_low`` [B, K, C, h, w]. C = ‖ones(C, C)‖_F, the official normaliser (``norm_max``)."""
-    b, k, c = support_low.shape[:3]
-    query_gram = normalised_gram(query_low)  # [B, C, C]
-    support_gram = normalised_gram(support_low.flatten(0, 1)).view(b, k, c, c)
-    return (query_gram[:, None] - support_gram).flatten(2).norm(dim=2) / c
-
-
-def _conv_relu(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False), nn.ReLU(inplace=True)]
-
-
-def _mix(first: float = 1.0) -> nn.Conv2d:
-    """A 1×1 conv 2 → 1 without bias starting at weights (first, 0): initially it passes its first input."""
-    conv = nn.Conv2d(2, 1, kernel_size=1, bias=False)
-    with torch.no_grad():
-        conv.weight.copy_(torch.tensor([first, 0.0]).view(1, 2, 1, 1))
-    return conv
-
-
 # 200 epochs of the filtered training list with a drop_last loader of 8 episodes (2 per GPU × 4 GPUs,
 # train.sh, config batch_size: 2); the harness resolves epochs to iterations from the data.
 _OFFICIAL_ITERATIONS = 200 * 1400
@@ -129,22 +99,39 @@ RECIPES = {
         "index_split -1 multiplies every group by 10, so 0.05 is the rate used (what we set); PFENet's "
         "augmentation; every BatchNorm frozen (fix_bn)",
     ),
-    "synthetic": TrainRecipe(
-        optimizer="adam",
-        lr=3e-3,
-        momentum=0.9,
-        weight_decay=1e-4,
-        schedule="poly",
-        poly_power=0.9,
-        iterations=300,
-        batch_size=4,
-        warmup=50,
-        description="reduced CPU recipe for the synthetic default (64 px, frozen ResNet-18 pretrained on the "
-        "auxiliary classes, cut at layer3): PFENet's CPU recipe (Adam 3e-3, 50-step warm-up, poly 0.9, 300 "
-        "iterations of 4 episodes); not tuned for BAM",
-    ),
 }
-RECIPES["default"] = RECIPES["synthetic"]
+VARIANTS: dict[str, dict[str, Any]] = {"default": {}}
+PROBES = {
+    "meta_only": "the meta learner's prediction alone, without the ensemble with the base learner",
+    "base_off": "the base learner's base-class map replaced by zeros in the ensemble",
+}
+
+
+def normalised_gram(features: torch.Tensor, eps: float = GRAM_EPS) -> torch.Tensor:
+    """[N, C, C] Gram matrix of ``features`` [N, C, h, w] over the pixels, each entry divided by the
+    product of the two channels' norms (+ ``eps``): a channel-by-channel cosine similarity."""
+    flat = features.flatten(2)  # [N, C, P]
+    norms = flat.norm(dim=2, keepdim=True)  # [N, C, 1]
+    return (flat @ flat.transpose(1, 2)) / (norms @ norms.transpose(1, 2) + eps)
+
+
+def gram_difference(query_low: torch.Tensor, support_low: torch.Tensor) -> torch.Tensor:
+    """BAM's scene difference [B, K]: ‖G(query) − G(support_k)‖_F / C, for ``query_low`` [B, C, h, w] and
+    ``support_low`` [B, K, C, h, w]. C = ‖ones(C, C)‖_F, the official normaliser (``norm_max``)."""
+    b, k, c = support_low.shape[:3]
+    query_gram = normalised_gram(query_low)  # [B, C, C]
+    support_gram = normalised_gram(support_low.flatten(0, 1)).view(b, k, c, c)
+    return (query_gram[:, None] - support_gram).flatten(2).norm(dim=2) / c
+
+
+def _mix(first: float = 1.0) -> nn.Conv2d:
+    """A 1×1 conv 2 → 1 without bias starting at weights (first, 0): initially it passes its first input."""
+    conv = nn.Conv2d(2, 1, kernel_size=1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([first, 0.0]).view(1, 2, 1, 1))
+    return conv
+
+
 
 
 @METHODS.register("bam")
@@ -152,14 +139,11 @@ class BAM(FewShotMethod):
     """Frozen PSPNet base learner + PFENet-like meta learner + Gram-weighted ensemble."""
 
     Params = BAMParams
-    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    variants: ClassVar[dict[str, dict[str, Any]]] = VARIANTS
     recipes: ClassVar[dict[str, TrainRecipe]] = RECIPES
     trains_backbone = False
     has_base_learner = True
-    probes: ClassVar[dict[str, str]] = {
-        "meta_only": "the meta learner's prediction alone, without the ensemble with the base learner",
-        "base_off": "the base learner's base-class map replaced by zeros in the ensemble",
-    }
+    probes: ClassVar[dict[str, str]] = PROBES
 
     def __init__(self, params: BAMParams, backbone: BackboneSpec) -> None:
         super().__init__(params, backbone)
@@ -174,15 +158,13 @@ class BAM(FewShotMethod):
 
         dim = params.reduce_dim
         fea_dim = sum(self.backbone.channels[s] for s in params.mid_stages)
-        self.down_query = nn.Sequential(*_conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
-        self.down_supp = nn.Sequential(*_conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
-        self.init_merge = nn.Sequential(*_conv_relu(2 * dim + 1, dim, 1))
+        self.down_query = nn.Sequential(*conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
+        self.down_supp = nn.Sequential(*conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
+        self.init_merge = nn.Sequential(*conv_relu(2 * dim + 1, dim, 1))
         self.ASPP_meta = ASPP(dim)
-        self.res1_meta = nn.Sequential(*_conv_relu(self.ASPP_meta.out_channels, dim, 1))
-        self.res2_meta = nn.Sequential(*_conv_relu(dim, dim, 3), *_conv_relu(dim, dim, 3))
-        self.cls_meta = nn.Sequential(
-            *_conv_relu(dim, dim, 3), nn.Dropout2d(p=0.1), nn.Conv2d(dim, 2, kernel_size=1)
-        )
+        self.res1_meta = nn.Sequential(*conv_relu(self.ASPP_meta.out_channels, dim, 1))
+        self.res2_meta = nn.Sequential(*conv_relu(dim, dim, 3), *conv_relu(dim, dim, 3))
+        self.cls_meta = classifier(dim)
         self.gram_merge = _mix()
         self.cls_merge = _mix()
         k = params.reweight_shots

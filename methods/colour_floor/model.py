@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fsseg.method import BackboneSpec, Batch, FewShotMethod, TrainRecipe
+from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fsseg.models.ops import background, cosine_map, foreground, masked_average_pool
 from fsseg.registry import METHODS
@@ -25,10 +25,7 @@ class ColourFloorParams:
 @METHODS.register("colour_floor")
 class ColourFloor(FewShotMethod):
     Params = ColourFloorParams
-    # Every recipe name other methods use exists here too, so one config drives all methods.
-    recipes = dict.fromkeys(
-        ("default", "synthetic", "official"), TrainRecipe(iterations=0, description="nothing to train")
-    )
+    needs_training = False  # no parameters: any train.recipe is accepted and nothing is trained
     trains_backbone = False
 
     def __init__(self, params: ColourFloorParams, backbone: BackboneSpec) -> None:

@@ -127,20 +127,7 @@ RECIPES = {
         description="HSNet-type models on iSAID-5i as SCCNet trains them (256 px): Adam lr 9e-4, batch 32; "
         "the length is HSNet's bound (2000 epochs), not a number taken from SCCNet",
     ),
-    "synthetic": TrainRecipe(
-        optimizer="adam",
-        lr=1e-3,
-        momentum=0.9,
-        weight_decay=0.0,
-        schedule="constant",
-        iterations=300,
-        batch_size=4,
-        description="reduced CPU recipe for the synthetic default (64 px, frozen ResNet-18 pretrained on the "
-        "auxiliary classes, cut at layer3, so layer2-layer3 are correlated): the official optimiser (Adam "
-        "1e-3, constant, no weight decay) for 300 iterations of 4 episodes, PFENet's synthetic length",
-    ),
 }
-RECIPES["default"] = RECIPES["synthetic"]
 
 
 @METHODS.register("hsnet")

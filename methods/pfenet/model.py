@@ -16,13 +16,11 @@ from torch import nn
 from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec, Batch, FewShotMethod, TrainRecipe
 from fsseg.models.backbones import build_backbone
+from fsseg.models.heads import PROTOTYPE_EPS, classifier, conv_relu
 from fsseg.models.ops import deep_supervision_loss, foreground, masked_average_pool, resize
 from fsseg.models.prior import high_level_features, prior_stages, resize_mask, training_free_prior
 from fsseg.registry import METHODS
 from fsseg.schema import opt
-
-PROTOTYPE_EPS = 5e-4
-"""Added to the mask area in PFENet's weighted GAP (``Weighted_GAP`` in the official code)."""
 
 
 @dataclass
@@ -71,23 +69,9 @@ class PFENetParams:
             raise ConfigError(f"{path}.mid_stages: needs at least one stage")
 
 
-def _conv_relu(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(c_in, c_out, kernel_size=kernel, padding=kernel // 2, bias=False),
-        nn.ReLU(inplace=True),
-    ]
-
-
-def _classifier(dim: int, classes: int = 2) -> nn.Sequential:
-    """3×3 conv, ReLU, Dropout2d(0.1), 1×1 conv to the classes (PFENet's ``cls`` / ``inner_cls``)."""
-    return nn.Sequential(
-        *_conv_relu(dim, dim, 3), nn.Dropout2d(p=0.1), nn.Conv2d(dim, classes, kernel_size=1)
-    )
-
-
 def _residual_block(dim: int) -> nn.Sequential:
     """Two 3×3 conv + ReLU; used as ``x + block(x)`` (``beta_conv`` and ``res2``)."""
-    return nn.Sequential(*_conv_relu(dim, dim, 3), *_conv_relu(dim, dim, 3))
+    return nn.Sequential(*conv_relu(dim, dim, 3), *conv_relu(dim, dim, 3))
 
 
 # The official length is 200 epochs of the fold's filtered training list (train.py:200, :249, with a
@@ -95,42 +79,24 @@ def _residual_block(dim: int) -> nn.Sequential:
 # The iterations below only serve a run that overrides the epochs away.
 _OFFICIAL_ITERATIONS = 200 * 1400
 
-RECIPES = {
-    "official": TrainRecipe(
-        optimizer="sgd",
-        lr=0.025,
-        momentum=0.9,
-        weight_decay=1e-4,
-        schedule="poly",
-        poly_power=0.9,
-        iterations=_OFFICIAL_ITERATIONS,
-        batch_size=4,
-        epochs=200,
-        augment="pfenet",
-        frozen_bn="batch_stats",
-        description="PFENet official (PASCAL-5i, ResNet-50, 473 px): SGD momentum 0.9, wd 1e-4, poly 0.9, "
-        "batch 4, 200 epochs of the fold's filtered training list; base_lr 0.0025 in the config, but the "
-        "official poly schedule multiplies every parameter group by 10, so the rate actually used is "
-        "0.025 (what we set); PFENet's augmentation; the frozen backbone's BatchNorm in train mode "
-        "(batch statistics, drifting running statistics), as train.py leaves it",
-    ),
-    "synthetic": TrainRecipe(
-        optimizer="adam",
-        lr=3e-3,
-        momentum=0.9,
-        weight_decay=1e-4,
-        schedule="poly",
-        poly_power=0.9,
-        iterations=300,
-        batch_size=4,
-        warmup=50,
-        description="reduced CPU recipe for the synthetic default (64 px, frozen ResNet-18 pretrained on the "
-        "auxiliary classes, cut at layer3): Adam 3e-3 with a 50-step linear warm-up, wd 1e-4, poly 0.9, 300 "
-        "iterations of 4 episodes (without the warm-up the first Adam steps silenced 82-86 % of the head's "
-        "ReLU units for good)",
-    ),
-}
-RECIPES["default"] = RECIPES["synthetic"]
+OFFICIAL_RECIPE = TrainRecipe(
+    optimizer="sgd",
+    lr=0.025,
+    momentum=0.9,
+    weight_decay=1e-4,
+    schedule="poly",
+    poly_power=0.9,
+    iterations=_OFFICIAL_ITERATIONS,
+    batch_size=4,
+    epochs=200,
+    augment="pfenet",
+    frozen_bn="batch_stats",
+    description="PFENet official (PASCAL-5i, ResNet-50, 473 px): SGD momentum 0.9, wd 1e-4, poly 0.9, "
+    "batch 4, 200 epochs of the fold's filtered training list; base_lr 0.0025 in the config, but the "
+    "official poly schedule multiplies every parameter group by 10, so the rate actually used is "
+    "0.025 (what we set); PFENet's augmentation; the frozen backbone's BatchNorm in train mode "
+    "(batch statistics, drifting running statistics), as train.py leaves it",
+)
 
 
 @METHODS.register("pfenet")
@@ -139,7 +105,7 @@ class PFENet(FewShotMethod):
 
     Params = PFENetParams
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "prior_off": {"prior": False}}
-    recipes: ClassVar[dict[str, TrainRecipe]] = RECIPES
+    recipes: ClassVar[dict[str, TrainRecipe]] = {"official": OFFICIAL_RECIPE}
     trains_backbone = False
     probes: ClassVar[dict[str, str]] = {"prior_off": "the prior map replaced by zeros at inference"}
 
@@ -157,21 +123,21 @@ class PFENet(FewShotMethod):
         fea_dim = sum(self.backbone.channels[s] for s in params.mid_stages)
         n_bins = len(params.ppm_scales)
         prior_channels = 1 if params.prior else 0
-        self.down_query = nn.Sequential(*_conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
-        self.down_supp = nn.Sequential(*_conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
+        self.down_query = nn.Sequential(*conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
+        self.down_supp = nn.Sequential(*conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
         self.init_merge = nn.ModuleList(
-            nn.Sequential(*_conv_relu(2 * dim + prior_channels, dim, 1)) for _ in range(n_bins)
+            nn.Sequential(*conv_relu(2 * dim + prior_channels, dim, 1)) for _ in range(n_bins)
         )
         self.alpha_conv = nn.ModuleList(
-            nn.Sequential(*_conv_relu(2 * dim, dim, 1)) for _ in range(n_bins - 1)
+            nn.Sequential(*conv_relu(2 * dim, dim, 1)) for _ in range(n_bins - 1)
         )
         self.beta_conv = nn.ModuleList(_residual_block(dim) for _ in range(n_bins))
         self.inner_cls = (
-            nn.ModuleList(_classifier(dim) for _ in range(n_bins)) if params.aux_weight > 0 else None
+            nn.ModuleList(classifier(dim) for _ in range(n_bins)) if params.aux_weight > 0 else None
         )
-        self.res1 = nn.Sequential(*_conv_relu(dim * n_bins, dim, 1))
+        self.res1 = nn.Sequential(*conv_relu(dim * n_bins, dim, 1))
         self.res2 = _residual_block(dim)
-        self.cls = _classifier(dim)
+        self.cls = classifier(dim)
 
     # --- helpers -----------------------------------------------------------------------------------
     def pyramid_bins(self, height: int, width: int) -> list[tuple[int, int]]:
