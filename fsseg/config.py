@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from fsseg import paths
+from fsseg import keys, paths
 from fsseg.errors import ConfigError
 from fsseg.schema import from_dict, opt, to_dict
 from fsseg.yaml_strict import DuplicateKeyError, load_unique
@@ -227,23 +227,7 @@ class ExperimentConfig:
         )
 
     def _path_fields(self) -> dict[str, Any]:
-        return {
-            "output_root": self.output_root,
-            "dataset": self.dataset_tag,
-            "method": self.method.name,
-            "variant": self.method.variant,
-            "backbone": self.backbone.name,
-            "fold": self.fold,
-            "train_shot": self.train.shot,
-            "train_seed": self.train.train_seed,
-            "shot": self.eval.shot,
-            "episode_seed": self.eval.episode_seed,
-            "n_episodes": self.eval.n_episodes,
-            "split": self.eval.split,
-            "min_object_px": self.dataset.min_object_px,
-            "pretrain_seed": self.pretrain.seed,
-            "pretrain_scope": self.pretrain_scope,
-        }
+        return keys.path_values(self)
 
     @property
     def pretrain_scope(self) -> str:
