@@ -149,7 +149,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
     print("methods:")
     for name in METHODS.names():
-        cls = METHODS.get(name)
+        cls = METHODS.declaration(name)
         print(f"  {name}: variants {', '.join(cls.variants)}; recipes {', '.join(cls.recipes)}")
     print("datasets:")
     for name in DATASETS.names():

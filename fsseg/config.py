@@ -355,9 +355,9 @@ def resolve_method_and_dataset(cfg: ExperimentConfig) -> None:
     """Validate the method/dataset-specific sections and fill in their defaults (in place)."""
     from fsseg.registry import DATASETS, METHODS
 
-    method_cls = METHODS.get(cfg.method.name)
-    cfg.method.params = to_dict(method_cls.resolve_params(cfg.method.variant, cfg.method.params))
-    method_cls.recipe(cfg.train.recipe)  # raises on an unknown recipe name
+    method = METHODS.declaration(cfg.method.name)  # torch-free: the network is not imported
+    cfg.method.params = to_dict(method.resolve_params(cfg.method.variant, cfg.method.params))
+    method.recipe(cfg.train.recipe)  # raises on an unknown recipe name
     dataset_cls = DATASETS.get(cfg.dataset.name)
     cfg.dataset.options = to_dict(
         from_dict(dataset_cls.Options, cfg.dataset.options, "config.dataset.options")

@@ -8,7 +8,7 @@ import torch
 from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec
 from fsseg.registry import METHODS
-from methods.dsmfnet import DSMFNet
+from methods.dsmfnet.model import DSMFNet
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 
