@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -302,6 +303,12 @@ def parse_override(text: str) -> dict[str, Any]:
         cursor = cursor.setdefault(part, {})
     cursor[parts[-1]] = value
     return nested
+
+
+def override_arguments(overrides: list[str]) -> str:
+    """``key=value`` overrides as the (quoted) shell arguments ``--set key=value ...`` of an fsseg command,
+    the form :func:`parse_override` reads back."""
+    return " ".join(f"--set {shlex.quote(text)}" for text in overrides)
 
 
 def compose(

@@ -3,12 +3,13 @@
 A training run is named by its :data:`RUN_KEY` (dataset, method, variant, backbone, fold, training shot,
 training seed); an evaluation by its :data:`EVAL_KEY` (the run's key plus the test shot and the episode
 seed). Each :class:`KeyField` says its name (the output-path field, the Snakemake wildcard and the record
-column at once), its type, where the experiment config holds it (the ``--set`` key), the wildcard's
+column at once), its type, where the experiment config holds it (its ``--set`` key), the wildcard's
 pattern and its role when two runs are paired. From this table the rest is derived:
 
 * the output path templates (:data:`RUN_DIR`, :data:`EVAL_DIR`, re-exported by :mod:`fsseg.paths`) and
   the values a config fills into them (:func:`path_values`);
-* the workflow's wildcard constraints and the ``--set`` arguments of its jobs (:func:`set_overrides`);
+* the workflow's wildcard constraints and the ``--set`` arguments of its jobs (:data:`GRID_AXES`,
+  :func:`set_overrides`);
 * the columns of ``records.csv`` (:mod:`fsseg.records`), the aggregate's identity columns and dtypes
   (:mod:`fsseg.aggregate`), the columns :mod:`fsseg.compare` types and :mod:`fsseg.stats` pairs on.
 
@@ -47,8 +48,6 @@ class KeyField:
     level: Literal["run", "eval", "path"]
     """``run``: names a training run; ``eval``: names an evaluation of one; ``path``: only a path field."""
     pairing: Pairing | None = None
-    settable: bool = True
-    """Whether ``--set <source>=<value>`` chooses it (the dataset follows from the experiment file)."""
     path_source: str | None = None
     """Where a path takes the value from when not from ``source``: records name the dataset, paths name
     the dataset with its option values (its tag, ``dlrsd-A``)."""
@@ -80,7 +79,6 @@ FIELDS: tuple[KeyField, ...] = (
         r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
         "run",
         "shared",
-        settable=False,
         path_source="dataset_tag",
     ),
     KeyField("fold", int, "fold", _INT, "run", "unit_manifest"),
@@ -94,9 +92,23 @@ FIELDS: tuple[KeyField, ...] = (
     KeyField("split", str, "eval.split", None, "path"),
     KeyField("min_object_px", int, "dataset.min_object_px", None, "path"),
     KeyField("pretrain_seed", int, "pretrain.seed", _INT, "path"),
-    KeyField("pretrain_scope", str, "pretrain_scope", r"fold\d+|auxiliary", "path", settable=False),
+    KeyField("pretrain_scope", str, "pretrain_scope", r"fold\d+|auxiliary", "path"),
 )
 BY_NAME: dict[str, KeyField] = {f.name: f for f in FIELDS}
+
+GRID_AXES: tuple[str, ...] = (
+    "fold",
+    "train_shot",
+    "train_seed",
+    "shot",
+    "episode_seed",
+    "n_episodes",
+    "method",
+    "variant",
+)
+"""The fields a workflow job chooses with ``--set`` (the grid's axes), in the order it passes them. The
+others follow from the experiment file (dataset, split, object-size threshold, pretraining seed) or from it
+and the method's overrides (backbone); a path holds them to name the file, a job never sets them."""
 
 RUN_KEY: tuple[str, ...] = tuple(f.name for f in FIELDS if f.level == "run")
 """Names of the fields that name a training run, in record-column order."""
@@ -148,19 +160,15 @@ def key_values(cfg: ExperimentConfig, names: tuple[str, ...] = EVAL_KEY) -> dict
 
 
 def set_overrides(values: dict[str, Any]) -> list[str]:
-    """``key=value`` config overrides (``fsseg ... --set``) that choose the given key-field values.
+    """``key=value`` config overrides (``fsseg ... --set``) that choose the given grid-axis values.
 
-    Fields the experiment file fixes (the dataset tag) and path-only fields derived from others are
-    skipped; an unknown field name is an error naming it.
+    Only :data:`GRID_AXES` are set, in that order; other key and path fields in ``values`` are skipped
+    (the experiment config fixes them); a name that is no field at all is an error naming it.
     """
-    out = []
-    for name, value in values.items():
-        if name not in BY_NAME:
-            raise KeyError(f"{name!r} is not a key field; known: {', '.join(BY_NAME)}")
-        field = BY_NAME[name]
-        if field.settable:
-            out.append(f"{field.source}={value}")
-    return out
+    unknown = sorted(set(values) - set(BY_NAME))
+    if unknown:
+        raise KeyError(f"{', '.join(map(repr, unknown))}: not key fields; known: {', '.join(BY_NAME)}")
+    return [f"{BY_NAME[name].source}={values[name]}" for name in GRID_AXES if name in values]
 
 
 def wildcard_constraints() -> dict[str, str]:

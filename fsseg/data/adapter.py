@@ -161,6 +161,13 @@ class DatasetAdapter:
         raise DataError(f"dataset {cls.registry_name!r} has no prepare step")
 
     @classmethod
+    def prepare_arguments(cls, dataset: Any) -> list[str]:
+        """The ``fsseg prepare`` options an experiment config's ``dataset`` section fixes: where the prepared
+        dataset goes (``dataset.root``) and what else of it the config states. The workflow passes these, so
+        its ``prepare`` entry holds only the rest (where the release was unpacked, generation settings)."""
+        return []
+
+    @classmethod
     def prepare_output(cls, args: Any) -> Path:
         """The folder ``fsseg prepare`` writes for these arguments (locked while it runs)."""
         return Path(args.root)
