@@ -1,7 +1,8 @@
 # Shared helpers of the workflow: the grid, the path templates and key fields (from fsseg.paths and
 # fsseg.keys, the one definition the harness also uses), each job's config overrides (built from the key
 # fields of its output path), the cross-checks of workflow and experiment configs, and the target lists.
-# Planning imports no torch: experiment configs are validated against the methods' torch-free declarations.
+# Planning imports no torch: experiment configs are validated against the methods' torch-free
+# declarations.
 import re
 import shlex
 from pathlib import Path
@@ -46,9 +47,9 @@ def _load_experiments():
             )
         if str(cfg.eval.n_episodes) != str(GRID["n_episodes"]):
             raise ValueError(
-                f"config grid.n_episodes is {GRID['n_episodes']!r} but eval.n_episodes of {entry['experiment']} "
-                f"(dataset {tag}) is {cfg.eval.n_episodes!r}: the tables' captions state the experiment's value; "
-                "make them equal"
+                f"config grid.n_episodes is {GRID['n_episodes']!r} but eval.n_episodes of "
+                f"{entry['experiment']} (dataset {tag}) is {cfg.eval.n_episodes!r}: the tables' captions "
+                "state the experiment's value; make them equal"
             )
         if entry.get("pretrain_backbone") != (cfg.backbone.weights == "fold_pretrained"):
             raise ValueError(
@@ -67,7 +68,8 @@ def method_config(tag, method, variant="default"):
     through fsseg's own config API: an unknown method, variant or override fails the plan."""
     key = (tag, method, variant)
     if key not in _METHOD_CONFIGS:
-        overrides = [*keys.set_overrides({"method": method, "variant": variant}), *METHOD_OVERRIDES.get(method, [])]
+        overrides = keys.set_overrides({"method": method, "variant": variant})
+        overrides += METHOD_OVERRIDES.get(method, [])
         try:
             _METHOD_CONFIGS[key] = load_config([config["datasets"][tag]["experiment"]], overrides)
         except ConfigError as err:
