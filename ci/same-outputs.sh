@@ -20,15 +20,48 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$WORK/base"
 git -C "$REPO" archive "$BASE_REV" | tar -x -C "$WORK/base"
 
-fsseg() {  # fsseg with the code of tree $1
-    local tree=$1
-    shift
-    (cd "$WORK" && PYTHONPATH="$tree" "$PYTHON" -m fsseg.cli "$@")
+# A source tree is run without installing it. Its folders do not all carry their import names (methods/
+# installs as fsseg_methods), so each tree gets an import folder: one link per import name to its folder,
+# read from the tree's own pyproject.toml ([tool.setuptools] package-dir; a tree from before the rename
+# has none, and its packages.find folders import under their own names). Each name must then resolve to
+# that tree, not to an installed copy of the project.
+import_folder() {  # import_folder TREE DEST: fill DEST with TREE's packages under their import names
+    "$PYTHON" - "$1" "$2" <<'PY'
+import fnmatch, importlib.util, sys, tomllib
+from pathlib import Path
+tree, dest = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+setuptools = tomllib.loads((tree / "pyproject.toml").read_text()).get("tool", {}).get("setuptools", {})
+mapping = setuptools.get("package-dir") or {
+    p.name: p.name
+    for p in tree.iterdir()
+    if (p / "__init__.py").is_file()
+    and any(fnmatch.fnmatch(p.name, pattern) for pattern in setuptools["packages"]["find"]["include"])
 }
+dest.mkdir(parents=True)
+for name, folder in mapping.items():
+    (dest / name).symlink_to(tree / folder, target_is_directory=True)
+sys.path.insert(0, str(dest))
+for name in mapping:
+    origin = Path(importlib.util.find_spec(name).origin).resolve()
+    if not origin.is_relative_to(tree):
+        sys.exit(f"same-outputs: {name} of {tree} imports from {origin}")
+print(f"{tree}: {', '.join(f'{n} -> {f}/' for n, f in mapping.items())}")
+PY
+}
+
+fsseg() {  # fsseg with the code of import folder $1
+    local imports=$1
+    shift
+    (cd "$WORK" && PYTHONPATH="$imports" "$PYTHON" -m fsseg.cli "$@")
+}
+
+rm -rf "$WORK/base.import" "$WORK/tree.import"
+import_folder "$WORK/base" "$WORK/base.import"
+import_folder "$REPO" "$WORK/tree.import"
 
 DATA=$WORK/data
 if [[ ! -f $DATA/fsseg_dataset.json ]]; then
-    fsseg "$WORK/base" prepare synthetic --root "$DATA" --seed 0 --image-size 32 \
+    fsseg "$WORK/base.import" prepare synthetic --root "$DATA" --seed 0 --image-size 32 \
         --n-train 150 --n-val 90 --n-test 90 --n-pretrain 30 --workers 1 --no-progress
 fi
 
@@ -41,14 +74,19 @@ EOF
 
 METHODS=(panet pfenet)
 
-run_all() {  # run every command of the pipeline with tree $1 into output root $2
-    local tree=$1 out=$2 sets
+run_all() {  # run every command of the pipeline with import folder $1 into output root $2
+    local imports=$1 out=$2 sets
     for method in "${METHODS[@]}"; do
         sets=(--set "output_root=$out" --set "method.name=$method")
-        fsseg "$tree" train -c "$WORK/tiny.yaml" "${sets[@]}" 2>>"$out.log"
-        fsseg "$tree" evaluate -c "$WORK/tiny.yaml" "${sets[@]}" --shots 1 2 --diagnose-shots 1 \
+        # A tree whose benchmark recipes live in a recipe file (train.recipe_file) reads it from the tree;
+        # the file's location is not part of a run's identity, its recipe name is.
+        if [[ -f $tree/config/recipes/synthetic.yaml ]]; then
+            sets+=(--set "train.recipe_file=$tree/config/recipes/synthetic.yaml")
+        fi
+        fsseg "$imports" train -c "$WORK/tiny.yaml" "${sets[@]}" 2>>"$out.log"
+        fsseg "$imports" evaluate -c "$WORK/tiny.yaml" "${sets[@]}" --shots 1 2 --diagnose-shots 1 \
             >>"$out.log" 2>&1
-        fsseg "$tree" predict -c "$WORK/tiny.yaml" "${sets[@]}" --episodes 4 \
+        fsseg "$imports" predict -c "$WORK/tiny.yaml" "${sets[@]}" --episodes 4 \
             --out "$out/predictions/$method.npz" >>"$out.log" 2>&1
     done
 }
@@ -66,8 +104,8 @@ print(json.dumps(d, sort_keys=True))' "$summary" | sha256sum | sed "s#-\$#$summa
 }
 
 rm -rf "$WORK/out_base" "$WORK/out_tree" "$WORK"/out_*.log
-run_all "$WORK/base" "$WORK/out_base"
-run_all "$REPO" "$WORK/out_tree"
+run_all "$WORK/base.import" "$WORK/out_base"
+run_all "$WORK/tree.import" "$WORK/out_tree"
 hashes "$WORK/out_base" >"$WORK/base.sha256"
 hashes "$WORK/out_tree" >"$WORK/tree.sha256"
 echo "== $BASE_REV ($(git -C "$REPO" rev-parse --short "$BASE_REV"))"

@@ -1,1 +1,1 @@
-from datasets import dlrsd, isaid5i, synthetic  # noqa: F401
+from fsseg_datasets import dlrsd, isaid5i, synthetic  # noqa: F401

@@ -97,6 +97,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(out)
 
 
+def _anchor_lines(rows: list[dict], anchor: str | None) -> list[str]:
+    """Estimates of ours/official for rows matching the latency anchor (issue 14's table)."""
+    from fsseg.anchor import DEFAULT_ANCHOR, anchor_estimates, load_anchor
+
+    if anchor is None and not DEFAULT_ANCHOR.is_file():
+        return []  # an installed copy without the checkout's reports/: no anchor to compare with
+    return anchor_estimates(rows, load_anchor(anchor or DEFAULT_ANCHOR))
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     """Time the configured method. Rule: the backbone is always randomly initialised
     (``fsseg.efficiency.BENCH_OVERRIDES``: ``backbone.weights=none``), because parameters, FLOPs,
@@ -107,8 +116,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from fsseg.config import load_config
     from fsseg.device import resolve_device
     from fsseg.efficiency import BENCH_OVERRIDES, bench_config, format_table, table_footnote
+    from fsseg.errors import ConfigError
 
     cfg = load_config(args.config, [*args.set, *BENCH_OVERRIDES])
+    if args.against is not None:
+        _bench_against(args, cfg)
+        return
+    if args.rounds is not None:
+        raise ConfigError("--rounds counts the interleaved rounds of --against REV; give --against too")
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = bench_config(
@@ -125,8 +140,53 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
     print(format_table(rows))
     print(table_footnote(rows))
+    for line in _anchor_lines(rows, args.anchor):
+        print(line)
     if args.out:
-        document = {"config": cfg.to_dict(), "bench_overrides": list(BENCH_OVERRIDES), "results": rows}
+        document = {
+            "config": cfg.to_dict(),
+            "bench_overrides": list(BENCH_OVERRIDES),
+            "allocator": getattr(args, "allocator", None),
+            "results": rows,
+        }
+        write_json(args.out, document)
+        print(f"# written to {args.out}")
+
+
+def _bench_against(args: argparse.Namespace, cfg) -> None:
+    """``fsseg bench --against REV``: the current tree and REV in fresh, interleaved processes."""
+    from fsseg.atomic import write_json
+    from fsseg.bench_against import bench_against, format_against_table
+
+    bench_args: list[str] = []
+    for path in args.config:
+        bench_args += ["-c", path]
+    for override in args.set:
+        bench_args += ["--set", override]
+    bench_args += ["--batch-size", str(args.batch_size), "--warmup", str(args.warmup)]
+    bench_args += ["--repeats", str(args.repeats)]
+    if args.device:
+        bench_args += ["--device", args.device]
+    if args.bf16:
+        bench_args.append("--bf16")
+    if args.channels_last:
+        bench_args.append("--channels-last")
+    document = bench_against(
+        args.against,
+        bench_args,
+        sizes=args.sizes or [cfg.dataset.image_size],
+        shots=args.shots or [cfg.eval.shot],
+        rounds=3 if args.rounds is None else args.rounds,
+        threads=args.threads or 1,
+        log=sys.stderr,
+    )
+    print(format_against_table(document))
+    current_rows = [
+        {**r["current_rows"][0], "latency_ms_median": r["current_ms"]} for r in document["results"]
+    ]
+    for line in _anchor_lines(current_rows, args.anchor):
+        print(line)
+    if args.out:
         write_json(args.out, document)
         print(f"# written to {args.out}")
 
@@ -145,12 +205,20 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    from fsseg.recipes import read_recipe_file
     from fsseg.registry import DATASETS, METHODS
 
+    files = args.recipe_files
+    if files is None:
+        files = sorted(Path("config/recipes").glob("*.yaml"))
+    books = {str(path): read_recipe_file(path, METHODS.names()) for path in files}
     print("methods:")
     for name in METHODS.names():
         cls = METHODS.declaration(name)
-        print(f"  {name}: variants {', '.join(cls.variants)}; recipes {', '.join(cls.recipes)}")
+        recipes = [f"{recipe} (method)" for recipe in cls.recipes]
+        recipes += [f"{r} ({path})" for path, book in books.items() for r, per in book.items() if name in per]
+        trained = f"recipes {', '.join(recipes) or 'none'}" if cls.needs_training else "nothing to train"
+        print(f"  {name}: variants {', '.join(cls.variants)}; {trained}")
     print("datasets:")
     for name in DATASETS.names():
         cls = DATASETS.get(name)
@@ -178,7 +246,9 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from fsseg.report import build_report
 
-    written = build_report(args.aggregate, args.spec, args.out, args.efficiency, args.predictions)
+    written = build_report(
+        args.aggregate, args.spec, args.out, args.efficiency, args.predictions, args.train_runs
+    )
     print(f"{args.out}: {len(written)} files (index: {Path(args.out) / 'README.md'})")
 
 
@@ -217,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--out", help="weights file to write (default: under output_root/<dataset>/backbones/)")
-    p.set_defaults(func=cmd_pretrain)
+    p.set_defaults(func=cmd_pretrain, runs_models=True)
 
     p = sub.add_parser("train", help="train a method on a fold's base classes (resumes after a kill)")
     p.description = (
@@ -236,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete the run folder (checkpoint, weights, log, its evaluations) and train from scratch, "
         "e.g. after a corrupt checkpoint.pt or model.pt",
     )
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, runs_models=True)
 
     p = sub.add_parser("episodes", help="draw and save the test-episode manifest of a fold")
     p.description = (
@@ -273,13 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the shots whose evaluations also write diagnostics.json "
         "(default: all with --diagnose, none without)",
     )
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, runs_models=True)
 
     p = sub.add_parser("bench", help="measure params, FLOPs, latency/FPS and peak memory of a method")
     p.description = (
         "Time the configured method on synthetic episodes (randomly initialised backbone: weights do not "
         "change the cost) over image sizes x shots and print a table; bf16/channels-last runs are added "
-        "next to the fp32 run when asked for."
+        "next to the fp32 run when asked for. With --against REV, the current source tree and git revision "
+        "REV are timed in fresh, interleaved processes and their latency ratios printed. Rows matching the "
+        "latency anchor (reports/anchor/) get an estimate of ours/official."
     )
     _add_config_args(p)
     p.add_argument("--sizes", type=int, nargs="+", metavar="PX", help="input sizes (default: image_size)")
@@ -292,7 +364,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="also time under bf16 autocast")
     p.add_argument("--channels-last", action="store_true", help="also time in channels-last memory format")
     p.add_argument("--out", help="JSON file to write the results to (atomically)")
-    p.set_defaults(func=cmd_bench)
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="time this source tree against git revision REV of fsseg (same inputs, fresh processes, "
+        "interleaved) and print current/REV latency ratios; threads default to 1 here",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="with --against: interleaved rounds per size, shot (default 3)",
+    )
+    p.add_argument(
+        "--anchor",
+        metavar="FILE.csv",
+        help="latency anchor for the ours/official estimate (default: reports/anchor/official_latency.csv "
+        "of the checkout, when present)",
+    )
+    p.set_defaults(func=cmd_bench, runs_models=True)
 
     p = sub.add_parser("config", help="print the resolved config (or describe every key)")
     _add_config_args(p)
@@ -300,6 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("list", help="list registered methods (variants, recipes) and datasets")
+    p.add_argument(
+        "--recipe-files",
+        nargs="*",
+        metavar="FILE.yaml",
+        help="benchmark recipe files whose recipes are listed too (default: config/recipes/*.yaml)",
+    )
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser(
@@ -347,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, metavar="SPEC.yaml", help="report spec (runs, families, shots)")
     p.add_argument("--efficiency", nargs="*", default=[], metavar="FILE.json", help="`fsseg bench` files")
     p.add_argument("--predictions", nargs="*", default=[], metavar="FILE.npz", help="`fsseg predict` files")
+    p.add_argument(
+        "--train-runs",
+        nargs="*",
+        default=[],
+        metavar="train_summary.json",
+        help="trained runs whose training curves are drawn (their train_log.jsonl beside each)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="report folder (e.g. reports/)")
     p.set_defaults(func=cmd_report)
 
@@ -359,13 +462,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=8, metavar="N", help="episodes to save (default 8)")
     p.add_argument("--manifest", help="manifest file (default: drawn/loaded at output_root/manifests/...)")
     p.add_argument("--out", required=True, metavar="FILE.npz", help="file to write (atomically)")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, runs_models=True)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "runs_models", False):
+            from fsseg.allocator import tune_for_tensors
+
+            args.allocator = tune_for_tensors()
+            print(f"fsseg: {args.allocator}", file=sys.stderr)
         args.func(args)
     except FssegError as err:
         print(f"fsseg: error: {err}", file=sys.stderr)

@@ -77,11 +77,32 @@ class BackboneConfig:
     )
 
 
+def _precision_field(what: str) -> Any:
+    return opt(
+        "fp32",
+        help=f"numerical precision of {what}: fp32 (the reference) or bf16 autocast (a CPU with avx512_bf16 "
+        "or amx_bf16, or a CUDA card with bf16); fsseg/numerics.py",
+    )
+
+
+def _channels_last_field(what: str) -> Any:
+    return opt(False, help=f"channels-last layout of the model's 4-D weights and activations for {what}")
+
+
 @dataclass
 class TrainConfig:
     shot: int = opt(1, help="support images per training episode", ge=1, le=20)
     train_seed: int = opt(0, help="seed of initialisation, training episodes and dropout", ge=0)
-    recipe: str = opt("default", help="named training recipe declared by the method")
+    recipe: str = opt(
+        "default",
+        help="named training recipe: one the method declares (official: its paper's) or one of the "
+        "benchmark's recipe file (train.recipe_file)",
+    )
+    recipe_file: str | None = opt(
+        "config/recipes/synthetic.yaml",
+        help="the benchmark's recipe file (recipe name -> method -> recipe; relative to the working "
+        "directory), read when train.recipe is not one the method declares; null = none",
+    )
     iterations: int | None = opt(None, help="optimizer steps (recipe value if null)", ge=0)
     batch_size: int | None = opt(None, help="episodes per step (recipe value if null)", ge=1)
     lr: float | None = opt(None, help="base learning rate (recipe value if null)", gt=0)
@@ -133,6 +154,8 @@ class TrainConfig:
     )
     val_episode_seed: int = opt(12345, help="episode seed of the validation episodes (best_val)", ge=0)
     device: str = opt("auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
+    precision: Literal["fp32", "bf16"] = _precision_field("training (part of the run's identity)")
+    channels_last: bool = _channels_last_field("training (part of the run's identity)")
 
 
 @dataclass
@@ -156,6 +179,8 @@ class EvalConfig:
     batch_size: int = opt(8, help="episodes per forward pass", ge=1)
     num_workers: int = opt(0, help="data-loader worker processes", ge=0)
     device: str = opt("auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:N]'")
+    precision: Literal["fp32", "bf16"] = _precision_field("evaluation (written into summary.json)")
+    channels_last: bool = _channels_last_field("evaluation")
 
     def validate(self, path: str) -> None:
         if (self.n_episodes == "all") != (self.sampler == "all_pairs"):
@@ -180,6 +205,8 @@ class PretrainConfig:
     seed: int = opt(0, help="seed of initialisation and image draws", ge=0)
     init_weights: str = opt("none", help="starting weights: 'none', 'imagenet' or a file path")
     device: str = opt("auto", help="'auto', 'cpu' or 'cuda[:N]'")
+    precision: Literal["fp32", "bf16"] = _precision_field("backbone pretraining")
+    channels_last: bool = _channels_last_field("backbone pretraining")
 
 
 #: The two published iSAID-5i protocols: the config values each one fixes.
@@ -364,7 +391,7 @@ def resolve_method_and_dataset(cfg: ExperimentConfig) -> None:
 
     method = METHODS.declaration(cfg.method.name)  # torch-free: the network is not imported
     cfg.method.params = to_dict(method.resolve_params(cfg.method.variant, cfg.method.params))
-    method.recipe(cfg.train.recipe)  # raises on an unknown recipe name
+    method.recipe(cfg.train.recipe, cfg.train.recipe_file)  # raises on an unknown recipe name
     dataset_cls = DATASETS.get(cfg.dataset.name)
     cfg.dataset.options = to_dict(
         from_dict(dataset_cls.Options, cfg.dataset.options, "config.dataset.options")

@@ -5,6 +5,9 @@ imports torch. A method's package holds it in a torch-free ``declaration`` modul
 :class:`MethodDeclaration` subclass registered with ``@METHODS.declare("name")``, which the method's
 ``nn.Module`` class (in ``model.py``, registered with ``@METHODS.register("name")``) lists first among its
 bases, so the two cannot disagree. The registry imports ``model.py`` only when the network is built.
+
+:class:`~fsseg.recipes.TrainRecipe` has one definition, in :mod:`fsseg.recipes` (torch-free as well);
+it is re-exported here for declarations.
 """
 
 from __future__ import annotations
@@ -13,31 +16,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from fsseg.errors import ConfigError
+from fsseg.recipes import TrainRecipe, resolve_recipe
+from fsseg.registry import METHODS
 from fsseg.schema import from_dict
 
-
-@dataclass(frozen=True)
-class TrainRecipe:
-    """How a method is trained by default; every field can be overridden from ``train.*`` config."""
-
-    optimizer: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    lr_steps: tuple[int, ...] = ()
-    lr_gamma: float = 0.1
-    poly_power: float = 0.9
-    warmup: int = 0
-    iterations: int = 1000
-    batch_size: int = 4
-    epochs: int | None = None
-    """Length in epochs of the fold's filtered training list; when set it decides the iterations."""
-    augment: str = "flip_rot90"
-    """Training augmentation pipeline (``train.augment``): flip_rot90, pfenet, panet or none."""
-    frozen_bn: str = "eval"
-    """BatchNorm of a frozen backbone in training (``backbone.frozen_bn``): eval or batch_stats."""
-    description: str = ""
+__all__ = ["MethodDeclaration", "NoParams", "TrainRecipe"]
 
 
 @dataclass
@@ -52,8 +35,11 @@ class MethodDeclaration:
     """Dataclass of the hyper-parameters and ablation switches (validated from ``method.params``)."""
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     """Named parameter sets (ablations); ``"default"`` always present."""
-    recipes: ClassVar[dict[str, TrainRecipe]] = {"default": TrainRecipe()}
-    """Named training recipes (``train.recipe``)."""
+    recipes: ClassVar[dict[str, TrainRecipe]] = {}
+    """The recipes the method's paper prescribes (``"official"``); none for a method without a paper.
+    A benchmark's own recipes live in its recipe file (``train.recipe_file``, :mod:`fsseg.recipes`)."""
+    needs_training: ClassVar[bool] = True
+    """``False`` for a method that learns nothing: it declares no recipe and trains for zero iterations."""
     trains_backbone: ClassVar[bool] = True
     """Whether the method's paper fine-tunes the backbone (PANet) or keeps it frozen (PFENet)."""
     probes: ClassVar[dict[str, str]] = {}
@@ -76,10 +62,8 @@ class MethodDeclaration:
         return from_dict(cls.Params, merged, "config.method.params")
 
     @classmethod
-    def recipe(cls, name: str) -> TrainRecipe:
-        if name not in cls.recipes:
-            known = ", ".join(sorted(cls.recipes))
-            raise ConfigError(
-                f"config.train.recipe: unknown recipe {name!r} of {cls.registry_name!r}; known: {known}"
-            )
-        return cls.recipes[name]
+    def recipe(cls, name: str, recipe_file: str | None = None) -> TrainRecipe:
+        """The recipe ``name``: declared by the method, else by the benchmark's ``recipe_file``."""
+        return resolve_recipe(
+            cls.registry_name, cls.recipes, cls.needs_training, name, recipe_file, METHODS.names()
+        )

@@ -20,8 +20,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             if visible is not None:
-                print(f"fsseg: using cuda:0, the first GPU of CUDA_VISIBLE_DEVICES={visible!r}",
-                      file=sys.stderr)
+                print(
+                    f"fsseg: using cuda:0, the first GPU of CUDA_VISIBLE_DEVICES={visible!r}", file=sys.stderr
+                )
             return torch.device("cuda", 0)
         hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
         print(f"fsseg: no CUDA device available{hint}; running on the CPU", file=sys.stderr)

@@ -50,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fsseg.device import describe_device
 from fsseg.method import Batch
+from fsseg.numerics import Numerics
 
 BENCH_OVERRIDES: tuple[str, ...] = ("backbone.weights=none", "backbone.sha256=null")
 """Config overrides ``fsseg bench`` always applies: the backbone is randomly initialised.
@@ -102,9 +103,7 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 
 def _precision(device: torch.device, amp_bf16: bool) -> contextlib.AbstractContextManager:
-    if not amp_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return Numerics("bf16" if amp_bf16 else "fp32").autocast(device)
 
 
 def count_flops(method: nn.Module, batch: Batch, amp_bf16: bool = False) -> tuple[int, dict[str, int], int]:

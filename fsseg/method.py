@@ -7,7 +7,9 @@ A method is an ``nn.Module`` subclass of :class:`FewShotMethod`, registered with
 
 * ``Params``: a dataclass of its hyper-parameters and ablation switches (validated from config);
 * ``variants``: named parameter sets (ablations), ``"default"`` always present;
-* ``recipes``: named training recipes (optimizer, lr, schedule, iterations, batch size);
+* ``recipes``: what its paper prescribes, ``{"official": TrainRecipe(...)}`` (a benchmark's own
+  recipes, e.g. the synthetic benchmark's CPU recipes, live in its recipe file: ``fsseg.recipes``);
+* ``needs_training``: ``False`` for a method that learns nothing (it then needs no recipe);
 
 and the network class, which lists the declaration first among its bases, implements ``forward``
 (episode batch → dict with ``"logits"`` [B, 2, H, W] at input size, plus anything its loss needs) and
@@ -25,8 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fsseg.declaration import MethodDeclaration, NoParams, TrainRecipe
+from fsseg.declaration import MethodDeclaration, NoParams
 from fsseg.errors import ConfigError
+from fsseg.recipes import TrainRecipe
 from fsseg.schema import opt
 
 __all__ = ["BackboneSpec", "Batch", "FewShotMethod", "MethodDeclaration", "NoParams", "TrainRecipe"]

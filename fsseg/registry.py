@@ -1,8 +1,10 @@
 """Name → class registries for methods and datasets.
 
 A method registers itself with ``@METHODS.register("name")`` in its own package under ``methods/``;
-a dataset adapter does the same with ``DATASETS`` under ``datasets/``. Both top-level packages import
-their sub-packages, so importing them fills the registries.
+a dataset adapter does the same with ``DATASETS`` under ``datasets/``. Those folders install as the
+packages ``fsseg_methods`` and ``fsseg_datasets`` (``[tool.setuptools] package-dir`` in pyproject.toml:
+a top-level ``datasets`` would shadow Hugging Face's). Both import their sub-packages, so importing them
+fills the registries.
 
 A method's package imports only its torch-free declaration (``@METHODS.declare("name")``, see
 :mod:`fsseg.declaration`); :meth:`Registry.declaration` reads it, so config validation and the
@@ -90,5 +92,5 @@ class Registry(Generic[T]):
         return sorted({*self._entries, *self._declared})
 
 
-METHODS: Registry = Registry("method", "methods")
-DATASETS: Registry = Registry("dataset", "datasets")
+METHODS: Registry = Registry("method", "fsseg_methods")
+DATASETS: Registry = Registry("dataset", "fsseg_datasets")

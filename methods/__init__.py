@@ -4,4 +4,4 @@ Adding a method: create ``methods/<name>/`` with a ``FewShotMethod`` subclass de
 ``@METHODS.register("<name>")`` and add one import line here (see methods/README.md).
 """
 
-from methods import colour_floor, dsmfnet, panet, pfenet, query_only  # noqa: F401
+from fsseg_methods import colour_floor, dsmfnet, hsnet, panet, pfenet, query_only  # noqa: F401

@@ -20,7 +20,7 @@ from fsseg.engine.diagnose import (
 )
 from fsseg.engine.evaluate import evaluate
 from fsseg.errors import FssegError
-from fsseg.method import Batch, FewShotMethod, TrainRecipe
+from fsseg.method import Batch, FewShotMethod
 from fsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fsseg.models.ops import foreground, masked_average_pool
 from fsseg.registry import METHODS
@@ -35,7 +35,7 @@ class _ToyBrightness(FewShotMethod):
     """No weights: the toy dataset's classes are squares of class-specific brightness on dark noise."""
 
     Params = _NoParams
-    recipes: ClassVar[dict[str, TrainRecipe]] = {"default": TrainRecipe(iterations=0)}
+    needs_training = False
     trains_backbone = False
 
     def _grey(self, images: torch.Tensor) -> torch.Tensor:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.dlrsd.adapter import TEST_PAIR_FRACTION, Dlrsd, divide_pairs
-from datasets.dlrsd.classes import VARIANT_FOLDS
-from fsseg.data.adapter import DESCRIPTOR
+from fsseg.data.index import DESCRIPTOR
 from fsseg.errors import ConfigError, DataError
+from fsseg_datasets.dlrsd.adapter import TEST_PAIR_FRACTION, Dlrsd, divide_pairs
+from fsseg_datasets.dlrsd.classes import VARIANT_FOLDS
 
 SIZE = 16
 SCENES = ("agricultural", "airplane", "beach", "harbor")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec
 from fsseg.registry import METHODS
-from methods.dsmfnet.model import DSMFNet
+from fsseg_methods.dsmfnet.model import DSMFNet
+from fsseg_methods.pfenet.model import PFENet
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 
@@ -19,7 +22,11 @@ def build(variant: str = "default", **overrides) -> DSMFNet:
 
 def test_registered_with_recipes_and_ablation_variants() -> None:
     assert METHODS.get("dsmfnet") is DSMFNet
-    assert DSMFNet.recipe("default") == DSMFNet.recipe("synthetic")
+    assert set(DSMFNet.recipes) == {"official"}  # the CPU recipe is the benchmark's (config/recipes/)
+    # our paper-scale choice is PFENet's official recipe, value for value
+    assert replace(DSMFNet.recipe("official"), description="") == replace(
+        PFENet.recipe("official"), description=""
+    )
     expected = {
         "default",
         "gpml_conv",

@@ -13,7 +13,7 @@ from torch import nn
 from fsseg.cli import main
 from fsseg.efficiency import count_parameters, measure_efficiency, percentile, synthetic_episode
 from fsseg.method import BackboneSpec, Batch, FewShotMethod
-from methods.panet.model import PANet, PANetParams
+from fsseg_methods.panet.model import PANet, PANetParams
 
 FAST = {"warmup": 1, "repeats": 2}
 

@@ -141,7 +141,7 @@ def test_bad_data_files_give_clear_errors_and_no_output(toy_config, toy_root, tm
 
 
 def _refresh_checksums(root, split, image_id):
-    from fsseg.data.adapter import with_checksums
+    from fsseg.data.index import with_checksums
 
     path = root / "index" / f"{split}.json"
     index = json.loads(path.read_text())

@@ -26,7 +26,7 @@ import torch
 
 from fsseg.cli import main
 from fsseg.config import load_config
-from fsseg.data.adapter import with_checksums
+from fsseg.data.index import with_checksums
 from fsseg.locks import folder_lock, lock_path
 from tests.test_stats import fake_records, write_run
 

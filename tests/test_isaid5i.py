@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.isaid5i.adapter import MASK_SUFFIX, Isaid5i, decode_colour_mask, source_image
-from datasets.isaid5i.classes import PALETTE
-from fsseg.data.adapter import DESCRIPTOR, INDEX_FORMAT_VERSION
+from fsseg.data.index import DESCRIPTOR, INDEX_FORMAT_VERSION
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
+from fsseg_datasets.isaid5i.adapter import MASK_SUFFIX, Isaid5i, decode_colour_mask, source_image
+from fsseg_datasets.isaid5i.classes import PALETTE
 
 SIZE = 16
 BANDS = ((0, 5), (5, 10), (10, 14))  # rows of the three class bands; rows 14-15 stay background

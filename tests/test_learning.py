@@ -34,18 +34,23 @@ day it starts using its support, the test says so and the mark must go.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from datasets.synthetic.adapter import SyntheticAerial
 from fsseg.config import load_config
-from fsseg.engine.evaluate import evaluate_run
+from fsseg.engine.build import build_dataset
+from fsseg.engine.evaluate import ensure_manifest, evaluate_run, evaluation_settings, load_trained
+from fsseg.engine.infer import class_miou
 from fsseg.engine.pretrain import pretrain_backbone
 from fsseg.engine.train import train
+from fsseg.numerics import Numerics
 from fsseg.paths import DIAGNOSTICS_FILE
+from fsseg_datasets.synthetic.adapter import SyntheticAerial
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +62,8 @@ FLOOR_MARGIN = 10.0
 """Points of class mIoU above the colour floor a method must reach (issue 10's grid threshold)."""
 SWAP_MARGIN = 3.0
 """Points a method must lose when the support shows another class."""
+BF16_TOLERANCE = 0.5
+"""Points of class mIoU by which bf16 evaluation may differ from fp32 on the same weights (issue 14)."""
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +89,12 @@ def _overrides(method: str) -> list[str]:
     return list((grid.get("method_overrides") or {}).get(method, []))
 
 
+def _config(common: list[str], method: str):
+    return load_config([EXPERIMENT], [*common, f"method.name={method}", *_overrides(method)])
+
+
 def _score(common: list[str], method: str) -> dict[str, float]:
-    cfg = load_config([EXPERIMENT], [*common, f"method.name={method}", *_overrides(method)])
+    cfg = _config(common, method)
     train(cfg)
     (out,) = evaluate_run(cfg, shots=[1], episode_seeds=[0], diagnose_shots=[1])
     scores = json.loads((out / DIAGNOSTICS_FILE).read_text())["scores"]
@@ -122,3 +133,23 @@ def test_query_only_control_beats_the_floor_but_fails_the_swap_check(bench: dict
     assert beats_floor, f"query_only: {score}: the control should learn to segment objects"
     assert not drops, f"query_only: {score}: a model that never reads its support dropped under a swap"
     assert score["swap_drop"] == 0.0
+
+
+@pytest.mark.parametrize("method", ["panet", "pfenet", "dsmfnet"])
+def test_bf16_evaluation_stays_within_tolerance_of_fp32(bench: dict, method: str) -> None:
+    """The same trained weights on the same 1-shot test episodes, evaluated in fp32 and under bf16
+    autocast (channels-last too): class mIoU within ``BF16_TOLERANCE`` points."""
+    cfg = _config(bench["common"], method)
+    train(cfg)  # trained by the test above (nothing to do then)
+    device = torch.device("cpu")
+    adapter = build_dataset(cfg)
+    manifest = ensure_manifest(cfg, adapter)
+    settings = evaluation_settings(cfg)
+    scores = {}
+    for numerics in (Numerics("fp32"), Numerics("bf16", channels_last=True)):
+        method_model = load_trained(cfg, device)  # fresh weights each time (channels-last is in place)
+        scores[numerics.describe()] = 100 * class_miou(
+            method_model, manifest, adapter, dataclasses.replace(settings, numerics=numerics), device
+        )
+    fp32, bf16 = scores.values()
+    assert abs(bf16 - fp32) <= BF16_TOLERANCE, f"{method}: {scores}"

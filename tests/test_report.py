@@ -24,12 +24,14 @@ from fsseg.config import load_config
 from fsseg.engine.build import run_id
 from fsseg.errors import ConfigError, FssegError
 from fsseg.records import evaluation_identity
-from fsseg.report.build import TABLE_NAMES, build_report
-from fsseg.report.plots import FIGURE_NAMES
+from fsseg.report.artefacts import FIGURES, TABLES
+from fsseg.report.build import build_report
 from fsseg.stats import compare_family, compare_records, holm
 from tests.test_aggregate import real_evaluations, write_fake_evaluation
 from tests.toy_dataset import toy_config_maker
 
+TABLE_NAMES = [t.name for t in TABLES]
+FIGURE_NAMES = [f.name for f in FIGURES]
 CLASS_NAMES = {i + 1: name for i, name in enumerate("abcdef")}
 FOLD_CLASSES = {0: [1, 2, 3], 1: [4, 5, 6]}
 SKILL = {("colour_floor", "default"): 0.25, ("panet", "default"): 0.55, ("panet", "no_align"): 0.45}
@@ -82,8 +84,9 @@ def _fake_records(cfg, skill: float, manifest_hash: str) -> list[dict]:
     return rows
 
 
-def _train_log(run_dir: Path, seed: int, skill: float) -> None:
-    """A ``train_log.jsonl`` as the training engine writes it (loss rows and validation rows)."""
+def _train_log(run_dir: Path, seed: int, skill: float) -> Path:
+    """A ``train_log.jsonl`` as the training engine writes it (loss rows and validation rows), and the
+    ``train_summary.json`` that marks the run finished; returns the summary's path."""
     rows = []
     for iteration in range(10, 101, 10):
         loss = 1.0 / (1 + skill * iteration / 10) + 0.01 * seed
@@ -91,6 +94,8 @@ def _train_log(run_dir: Path, seed: int, skill: float) -> None:
         if iteration % 50 == 0:
             rows.append({"iteration": iteration, "val_miou": skill})
     (run_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "train_summary.json").write_text(json.dumps({"iterations": 100}) + "\n")
+    return run_dir / "train_summary.json"
 
 
 def _bench_file(path: Path, toy_root: Path, tmp: Path) -> None:
@@ -124,7 +129,7 @@ def fake_report(toy_root, tmp_path_factory):
     from fsseg.qualitative import predict
 
     root = tmp_path_factory.mktemp("fake_grid")
-    folders, records = [], []
+    folders, records, train_runs = [], [], []
     for (method, variant), skill in SKILL.items():
         for shot in SHOTS:
             for fold in FOLDS:
@@ -151,7 +156,7 @@ def fake_report(toy_root, tmp_path_factory):
                             write_fake_evaluation(cfg.eval_dir, cfg, rows, FOLD_CLASSES[fold], CLASS_NAMES)
                         )
                     if method != "colour_floor":
-                        _train_log(cfg.run_dir, train_seed, skill)
+                        train_runs.append(_train_log(cfg.run_dir, train_seed, skill))
     aggregate(folders, root / "agg")
 
     spec_path = root / "spec.yaml"
@@ -172,9 +177,10 @@ def fake_report(toy_root, tmp_path_factory):
         train(cfg)
         predictions.append(predict(cfg, 3, root / f"{method}.npz"))
     out = root / "reports"
-    written = build_report(root / "agg", spec_path, out, [bench], predictions)
+    written = build_report(root / "agg", spec_path, out, [bench], predictions, train_runs)
     return {
         "root": root,
+        "train_runs": train_runs,
         "out": out,
         "written": written,
         "records": pd.DataFrame(records),
@@ -564,3 +570,59 @@ def test_qualitative_grid_has_one_column_per_method(fake_report):
 
     width, height = Image.open(png).size
     assert width > height  # 3 episode rows × (3 + 2) columns
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The artefact declaration and the training curves' inputs
+
+
+def test_every_declared_artefact_has_a_builder_known_inputs_and_its_caption_in_the_report(fake_report):
+    from fsseg.report import builders
+    from fsseg.report.artefacts import ARTEFACTS, INPUT_KINDS, artefact, html_caption
+    from fsseg.report.spec import MIN_UNITS_TO_MARK
+
+    assert len({a.name for a in ARTEFACTS}) == len(ARTEFACTS)
+    for item in ARTEFACTS:
+        assert callable(getattr(builders, item.builder)), item.builder
+        assert set(item.inputs) <= set(INPUT_KINDS), item.name
+        assert item.title in (fake_report["out"] / "README.md").read_text()
+        assert item.title in html_caption(item, 0.05, MIN_UNITS_TO_MARK)
+    for item in FIGURES:  # a figure's caption.txt is the declared caption plus the protocol
+        caption = (fake_report["out"] / "figures" / f"{item.name}.caption.txt").read_text()
+        assert item.caption_text(0.05, MIN_UNITS_TO_MARK) in caption
+    assert "p < 0.01 over at least 3 units" in artefact("paired_differences").caption_text(0.01, 3)
+    with pytest.raises(KeyError, match="no report artefact 'nope'; known: main_miou"):
+        artefact("nope")
+
+
+def _curve_counts(figure) -> list[int]:
+    return [len(ax.get_lines()) for ax in figure.axes if ax.get_visible()]
+
+
+def test_training_curves_read_only_the_given_runs_whatever_the_working_directory(
+    fake_report, tmp_path, monkeypatch
+):
+    from fsseg.report.build import train_logs_of
+    from fsseg.report.plots import training_curves_figure
+    from fsseg.report.results import select_runs
+    from fsseg.report.spec import load_spec
+
+    spec = load_spec(fake_report["root"] / "spec.yaml")
+    runs = select_runs(fake_report["agg"], spec.all_runs, spec.shots)
+    given = train_logs_of(fake_report["train_runs"])
+    monkeypatch.chdir(tmp_path)  # nothing is looked up relative to the working directory
+    drawn = _curve_counts(training_curves_figure(runs, spec.main_runs, spec.shots, given))
+    assert sum(drawn) > 0 and 0 in drawn  # curves for the trained methods, none for the colour floor
+    assert sum(_curve_counts(training_curves_figure(runs, spec.main_runs, spec.shots, {}))) == 0
+    one = dict([next(iter(given.items()))])
+    assert 0 < sum(_curve_counts(training_curves_figure(runs, spec.main_runs, spec.shots, one))) < sum(drawn)
+
+
+def test_training_curve_inputs_must_be_finished_runs(fake_report, tmp_path):
+    from fsseg.report.build import train_logs_of
+
+    log = Path(fake_report["train_runs"][0]).parent / "train_log.jsonl"
+    with pytest.raises(FssegError, match=r"train_log\.jsonl: expected a run's train_summary\.json"):
+        train_logs_of([log])
+    with pytest.raises(FssegError, match=r"does not exist: the run is not trained"):
+        train_logs_of([tmp_path / "train_summary.json"])

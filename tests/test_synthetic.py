@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets.synthetic import SyntheticAerial
-from datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
-from datasets.synthetic.generator import (
+from fsseg.data.adapter import open_dataset
+from fsseg.data.index import DESCRIPTOR
+from fsseg.errors import DataError
+from fsseg.registry import DATASETS
+from fsseg_datasets.synthetic import SyntheticAerial
+from fsseg_datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
+from fsseg_datasets.synthetic.generator import (
     AUXILIARY_CLASSES,
     PRETRAIN_SPLIT,
     SHAPES,
@@ -23,9 +27,6 @@ from datasets.synthetic.generator import (
     encode_png,
     generate_sample,
 )
-from fsseg.data.adapter import DESCRIPTOR, open_dataset
-from fsseg.errors import DataError
-from fsseg.registry import DATASETS
 
 # Tiny but complete: every split has at least 2 images of each class as main class.
 SMALL = {"image_size": 40, "n_train": 45, "n_val": 30, "n_test": 30, "n_pretrain": 30}
@@ -203,7 +204,7 @@ def test_refuses_a_folder_prepared_for_another_dataset(tmp_path: Path) -> None:
 def test_interrupted_prepare_leaves_no_partial_files_and_reruns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import datasets.synthetic.adapter as adapter_module
+    import fsseg_datasets.synthetic.adapter as adapter_module
 
     real = adapter_module.generate_sample
 
@@ -292,3 +293,21 @@ def test_colour_alone_does_not_separate_the_classes(tmp_path: Path) -> None:
     # Measured: 0.070 for colour, 0.075 for predicting everything as foreground (1-shot, 96 px).
     assert np.mean(colour_ious) < 0.12
     assert np.mean(colour_ious) < np.mean(all_foreground_ious) + 0.02
+
+
+def test_every_adapter_has_a_protocol_caption_the_default_naming_classes_and_folds() -> None:
+    assert SyntheticAerial.protocol_caption() == "synthetic (15 classes, 3 folds of novel classes)"
+    for name in DATASETS.names():
+        caption = DATASETS.get(name).protocol_caption()
+        assert caption and "\n" not in caption, name
+    # a dataset with a published protocol names it instead (its options may change the folds)
+    assert DATASETS.get("isaid5i").protocol_caption().startswith("iSAID-5i (SDM protocol")
+    assert DATASETS.get("dlrsd").protocol_caption({"variant": "A"}).startswith("DLRSD variant A")
+
+
+def test_progress_lines_of_prepare_use_the_shared_progress(tmp_path: Path, capsys) -> None:
+    SyntheticAerial.prepare(tmp_path / "p", **{**SMALL, "progress": True, "workers": 1})
+    err = capsys.readouterr().err
+    total = sum(SMALL[k] for k in ("n_train", "n_val", "n_test", "n_pretrain"))
+    assert f"synthetic: images written {total}/{total}" in err  # fsseg.progress.Progress's line
+    assert f"synthetic: {total} images written to {tmp_path / 'p'} in " in err

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fsseg.report.artefacts import ARTEFACTS
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -44,6 +46,39 @@ def _planned_jobs(output: str) -> list[tuple[str, dict[str, str]]]:
             pairs = line.split(":", 1)[1].split(",")
             jobs[-1][1].update(dict(pair.strip().split("=", 1) for pair in pairs if "=" in pair))
     return jobs
+
+
+def _job_files(output: str, rule: str) -> dict[str, list[str]]:
+    """The ``input`` and ``output`` lists of the one job of ``rule`` in a dry-run's output."""
+    lines = output.splitlines()
+    heads = (["rule", f"{rule}:"], ["localrule", f"{rule}:"])
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] in heads)
+    files: dict[str, list[str]] = {}
+    for line in lines[start + 1 :]:
+        if not line.startswith("    "):
+            break
+        key, _, value = line.strip().partition(": ")
+        files[key] = value.split(", ")
+    return files
+
+
+@pytest.mark.slow
+def test_report_targets_inputs_and_captions_come_from_the_artefact_declaration():
+    from fsseg.report.artefacts import html_caption
+    from fsseg.report.spec import MIN_UNITS_TO_MARK
+
+    plan = _dry_run("--configfile", "config/tiny.yaml", "--forceall")
+    report = _job_files(plan, "report")
+    declared = {f"reports-tiny/synthetic/{path}" for item in ARTEFACTS for path in item.files()}
+    assert set(report["output"]) == declared
+    assert declared <= set(_job_files(plan, "all")["input"])  # the targets of `rule all`
+    # the training curves' inputs: every run's train_summary.json (its train_log.jsonl beside it)
+    trained = {path for path in report["input"] if path.endswith("/train_summary.json")}
+    assert len(trained) == _job_counts(plan)["train"]
+    assert "results-tiny/synthetic/aggregate/diagnostics.csv" in report["input"]
+    for item in ARTEFACTS:  # the HTML report's captions, written from the declaration at plan time
+        caption = REPO / ".snakemake" / "fsseg_report_captions" / f"{item.name}.rst"
+        assert caption.read_text() == html_caption(item, 0.05, MIN_UNITS_TO_MARK)
 
 
 @pytest.mark.slow
@@ -100,11 +135,9 @@ def test_tiny_workflow_runs_end_to_end_and_reruns_nothing(tmp_path):
     result = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-5000:]
     reports = tmp_path / "reports-tiny" / "synthetic"
-    for table in ("main_miou", "main_fbiou", "ablation", "significance", "efficiency"):
-        for ext in ("md", "tex", "csv"):
-            assert (reports / "tables" / f"{table}.{ext}").stat().st_size > 0
-    for figure in ("per_fold_miou", "class_iou_heatmap", "training_curves", "qualitative"):
-        assert (reports / "figures" / f"{figure}.png").stat().st_size > 0
+    for item in ARTEFACTS:
+        for path in item.files():
+            assert (reports / path).stat().st_size > 0, path
     assert "FB-IoU" in (reports / "tables" / "main_fbiou.md").read_text()
 
     again = subprocess.run([*run, "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300)

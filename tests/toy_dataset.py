@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 
 from fsseg.atomic import write_bytes
-from fsseg.data.adapter import DatasetAdapter, build_index_entry, write_index
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.index import build_index_entry, write_index
 from fsseg.registry import DATASETS
 
 

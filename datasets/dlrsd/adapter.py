@@ -25,15 +25,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from datasets.dlrsd.classes import (
-    CLASS_NAMES,
-    RELEASED_IMAGES,
-    VARIANT_FOLDS,
-    VARIANT_PAPERS,
-    dropped_classes,
-)
 from fsseg import IGNORE_INDEX
-from fsseg.data.adapter import DatasetAdapter, build_index_entry, read_image_file, read_label_file
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.files import read_image_file, read_label_file
+from fsseg.data.index import build_index_entry
 from fsseg.data.validation import (
     Problem,
     Problems,
@@ -49,6 +44,13 @@ from fsseg.data.validation import (
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
 from fsseg.schema import opt
+from fsseg_datasets.dlrsd.classes import (
+    CLASS_NAMES,
+    RELEASED_IMAGES,
+    VARIANT_FOLDS,
+    VARIANT_PAPERS,
+    dropped_classes,
+)
 
 IMAGE_DIR = ("UCMerced_LandUse", "Images")
 LABEL_DIR = ("DLRSD", "Images")

@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from datasets.isaid5i.classes import CLASS_NAMES, FOLDS, PALETTE, RELEASED_COUNTS
-from fsseg.data.adapter import DatasetAdapter, build_index_entry, read_image_file
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.files import read_image_file
+from fsseg.data.index import build_index_entry
 from fsseg.data.validation import (
     Problem,
     Problems,
@@ -47,6 +48,7 @@ from fsseg.data.validation import (
 )
 from fsseg.errors import DataError
 from fsseg.registry import DATASETS
+from fsseg_datasets.isaid5i.classes import CLASS_NAMES, FOLDS, PALETTE, RELEASED_COUNTS
 
 IMAGE_DIR = "images"
 MASK_DIR = "semantic_png"

@@ -5,14 +5,13 @@ synthetic data through exactly the code paths real datasets use::
 
     root/images/<split>/<id>.png   RGB
     root/masks/<split>/<id>.png    mode L, class ids 0..15
-    root/index/<split>.json        written by fsseg.data.adapter.write_index
+    root/index/<split>.json        written by fsseg.data.index.write_index
     root/fsseg_dataset.json        written last: its presence marks a complete prepare
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -23,8 +22,16 @@ from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, ClassVar
 
-from datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
-from datasets.synthetic.generator import (
+from fsseg.atomic import remove_stale_temporaries, write_bytes
+from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.index import DESCRIPTOR, INDEX_FORMAT_VERSION, build_index_entry, write_index
+from fsseg.data.validation import default_workers
+from fsseg.errors import DataError
+from fsseg.progress import Progress
+from fsseg.registry import DATASETS
+from fsseg.workers import worker_pool
+from fsseg_datasets.synthetic.classes import CLASS_NAMES, FOLDS, NUM_CLASSES
+from fsseg_datasets.synthetic.generator import (
     AUXILIARY_CLASSES,
     PRETRAIN_SPLIT,
     SPLITS,
@@ -32,17 +39,6 @@ from datasets.synthetic.generator import (
     encode_png,
     generate_sample,
 )
-from fsseg.atomic import remove_stale_temporaries, write_bytes
-from fsseg.data.adapter import (
-    DESCRIPTOR,
-    INDEX_FORMAT_VERSION,
-    DatasetAdapter,
-    build_index_entry,
-    write_index,
-)
-from fsseg.errors import DataError
-from fsseg.registry import DATASETS
-from fsseg.workers import worker_pool
 
 _DEFAULTS = GenerationParams()
 
@@ -61,7 +57,7 @@ class SyntheticAerial(DatasetAdapter):
 
     @classmethod
     def fold_classes(cls, options: Any) -> list[list[int]]:
-        """Novel class ids of each fold (see :mod:`datasets.synthetic.classes`)."""
+        """Novel class ids of each fold (see :mod:`fsseg_datasets.synthetic.classes`)."""
         return [list(fold) for fold in FOLDS]
 
     # --- prepare -------------------------------------------------------------------------------------
@@ -124,13 +120,17 @@ class SyntheticAerial(DatasetAdapter):
             for split_index, count in enumerate(params.counts().values())
             for start in range(0, count, _CHUNK)
         ]
-        reporter = _Progress(sum(params.counts().values()), enabled=progress)
+        total = sum(params.counts().values())
+        reporter = Progress("synthetic: images written", total) if progress else None
+        started, written = time.perf_counter(), 0
         rows: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
-        n_workers = min(_default_workers() if workers is None else workers, len(jobs))
+        n_workers = min(default_workers() if workers is None else workers, len(jobs))
         if n_workers <= 1:
             for job in jobs:
                 rows[SPLITS[job[0]]] += _write_images(root, params, *job)
-                reporter.step(job[2] - job[1])
+                written += job[2] - job[1]
+                if reporter is not None:
+                    reporter.update(written)
         else:
             # Every image depends only on its own seed, so the files are the same whichever process
             # writes them and in whatever order.
@@ -139,10 +139,14 @@ class SyntheticAerial(DatasetAdapter):
                 for future in as_completed(futures):
                     split_index, start, stop = futures[future]
                     rows[SPLITS[split_index]] += future.result()
-                    reporter.step(stop - start)
+                    written += stop - start
+                    if reporter is not None:
+                        reporter.update(written)
         os.sync()
         write_index(root, cls.registry_name, rows, options=wanted)
-        reporter.done(root)
+        if progress:
+            elapsed = time.perf_counter() - started
+            print(f"synthetic: {total} images written to {root} in {elapsed:.1f} s", file=sys.stderr)
 
     @classmethod
     def prepare_arguments(cls, dataset: Any) -> list[str]:
@@ -210,10 +214,6 @@ class SyntheticAerial(DatasetAdapter):
 _CHUNK = 100
 
 
-def _default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
 def _write_images(
     root: Path, params: GenerationParams, split_index: int, start: int, stop: int
 ) -> list[dict]:
@@ -277,25 +277,3 @@ def _read_existing_options(root: Path) -> dict[str, Any] | None:
 
 def _describe(options: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))
-
-
-@dataclasses.dataclass
-class _Progress:
-    """Progress lines on stderr about every 10 %: readable in logs, where carriage returns are not."""
-
-    total: int
-    enabled: bool = True
-    written: int = 0
-    start: float = dataclasses.field(default_factory=time.perf_counter)
-    next_report: int = 0
-
-    def step(self, n_images: int) -> None:
-        self.written += n_images
-        if self.enabled and self.written >= self.next_report:
-            print(f"synthetic: {self.written}/{self.total} images written", file=sys.stderr, flush=True)
-            self.next_report = self.written + max(1, self.total // 10)
-
-    def done(self, root: Path) -> None:
-        if self.enabled:
-            elapsed = time.perf_counter() - self.start
-            print(f"synthetic: {self.total} images written to {root} in {elapsed:.1f} s", file=sys.stderr)

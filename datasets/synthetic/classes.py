@@ -1,6 +1,6 @@
 """The class list and the fold split of the synthetic aerial benchmark: the one place they are defined.
 
-Each class is a shape with its own texture (see :mod:`datasets.synthetic.generator`); colour is drawn
+Each class is a shape with its own texture (see :mod:`fsseg_datasets.synthetic.generator`); colour is drawn
 from a pool shared by all classes and the background, so it carries no class information.
 Class ids are 1..15 in the order of :data:`CLASS_NAMES`; 0 is background.
 """

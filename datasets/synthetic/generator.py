@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from datasets.synthetic.classes import NUM_CLASSES
+from fsseg_datasets.synthetic.classes import NUM_CLASSES
 
 # Bump whenever a change alters any generated pixel: the version is part of the recorded generation
 # parameters, so an old prepared copy is then reported as different instead of silently reused.

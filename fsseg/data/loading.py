@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -10,12 +10,20 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from fsseg import IGNORE_INDEX
-from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import Episode, EpisodeManifest, TrainEpisodeSampler
 from fsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+class ImageSource(Protocol):
+    """Where episode tensors read their images and masks: a dataset adapter, or
+    :class:`fsseg.data.decoded.DecodedImages` over one."""
+
+    def load_image(self, split: str, image_id: str) -> np.ndarray: ...
+
+    def load_mask(self, split: str, image_id: str) -> np.ndarray: ...
 
 
 def binary_mask(mask: np.ndarray, class_id: int) -> np.ndarray:
@@ -166,7 +174,7 @@ def augmented_tensors(
 class EpisodeTensors:
     """Turns an :class:`Episode` into the batch-dict tensors a method consumes."""
 
-    def __init__(self, adapter: DatasetAdapter, split: str, image_size: int, label_resolution: str = "input"):
+    def __init__(self, adapter: ImageSource, split: str, image_size: int, label_resolution: str = "input"):
         self.adapter = adapter
         self.split = split
         self.image_size = image_size
@@ -228,7 +236,7 @@ class ManifestEpisodes(Dataset):
     """Map-style dataset over the episodes of a saved manifest (no augmentation)."""
 
     def __init__(
-        self, manifest: EpisodeManifest, adapter: DatasetAdapter, image_size: int, label_resolution: str
+        self, manifest: EpisodeManifest, adapter: ImageSource, image_size: int, label_resolution: str
     ):
         self.manifest = manifest
         self.tensors = EpisodeTensors(adapter, manifest.header["split"], image_size, label_resolution)

@@ -177,7 +177,7 @@ def publish_prepared(
     every file is written atomically (:mod:`fsseg.atomic`).
     """
     from fsseg.atomic import write_text
-    from fsseg.data.adapter import DESCRIPTOR, write_index
+    from fsseg.data.index import DESCRIPTOR, write_index
 
     (out / DESCRIPTOR).unlink(missing_ok=True)
     for name, staged in sorted((staged_dirs or {}).items()):

@@ -41,12 +41,12 @@ def build_method(cfg: ExperimentConfig) -> FewShotMethod:
 
 
 def effective_recipe(cfg: ExperimentConfig) -> TrainRecipe:
-    """The method's named recipe with every non-null ``train.*`` override applied."""
-    recipe = METHODS.get(cfg.method.name).recipe(cfg.train.recipe)
+    """The named recipe (the method's or the benchmark's) with every non-null ``train.*`` override applied."""
+    recipe = METHODS.declaration(cfg.method.name).recipe(cfg.train.recipe, cfg.train.recipe_file)
     overrides = {
         f.name: getattr(cfg.train, f.name)
         for f in dataclasses.fields(TrainRecipe)
-        if hasattr(cfg.train, f.name) and getattr(cfg.train, f.name) is not None
+        if f.name != "description" and getattr(cfg.train, f.name, None) is not None
     }
     if "lr_steps" in overrides:
         overrides["lr_steps"] = tuple(overrides["lr_steps"])
@@ -112,24 +112,46 @@ def config_hash(data: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
+def pretraining_identity(cfg: ExperimentConfig) -> dict[str, Any]:
+    """What decides a pretrained backbone's weights beyond its file name (dataset, backbone, scope,
+    seed): ``pretrain.*`` but the device, and the stride, depth and image size it is trained at."""
+    settings = {k: v for k, v in cfg.to_dict()["pretrain"].items() if k != "device"}
+    return {
+        "pretrain": settings,
+        "output_stride": cfg.backbone.output_stride,
+        "max_stage": cfg.backbone.max_stage,
+        "image_size": cfg.dataset.image_size,
+    }
+
+
 def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     """The parts of a config that determine the trained weights (not eval or logging settings)."""
     data = cfg.to_dict()
     train = dict(data["train"])
-    for key in ("checkpoint_every", "log_every", "num_workers", "device"):
+    # recipe_file says where the recipe's values are read from; the recipe's name stays in the identity
+    for key in ("checkpoint_every", "log_every", "num_workers", "device", "recipe_file"):
         train.pop(key)
     # A length in epochs (the config's or the recipe's) decides the iterations from the data; the
     # resolved config written next to the run states both, the config given by the user maybe neither.
     train["epochs"] = effective_recipe(cfg).epochs
     if train["epochs"] is not None:
         train.pop("iterations")
-    return {
+    identity = {
         "fold": data["fold"],
         "method": data["method"],
         "dataset": {k: v for k, v in data["dataset"].items() if k not in ("label_resolution", "root")},
         "backbone": data["backbone"],
         "train": train,
     }
+    # The recipe's values, wherever they are declared (a benchmark's recipe file can change under the
+    # same recipe name); a length in epochs stands for the iterations, as above.
+    recipe = {k: v for k, v in dataclasses.asdict(effective_recipe(cfg)).items() if k != "description"}
+    if recipe["epochs"] is not None:
+        recipe.pop("iterations")
+    identity["recipe"] = recipe
+    if cfg.backbone.weights == "fold_pretrained":  # the backbone file's weights come from these
+        identity["pretrain"] = pretraining_identity(cfg)["pretrain"]
+    return identity
 
 
 def run_id(cfg: ExperimentConfig) -> str:

@@ -26,6 +26,7 @@ import torch
 from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import EpisodeManifest, build_test_manifest
+from fsseg.data.loading import ImageSource
 from fsseg.engine.infer import InferenceSettings, class_miou
 from fsseg.errors import FssegError
 from fsseg.method import FewShotMethod
@@ -84,12 +85,13 @@ def diagnose(
     settings: InferenceSettings,
     device: torch.device,
     miou: float,
+    images: ImageSource | None = None,
 ) -> dict[str, Any]:
     """Diagnostic scores of ``method`` on ``manifest`` (whose plain class mIoU is ``miou``), each episode
-    fed and scored with the evaluation's ``settings``."""
+    fed and scored with the evaluation's ``settings`` (files read through ``images``, default the adapter)."""
 
     def score(m: EpisodeManifest) -> float:
-        return class_miou(method, m, adapter, settings, device)
+        return class_miou(method, m, adapter, settings, device, images)
 
     header = manifest.header
     scores: dict[str, float] = {"miou": miou, SUPPORT_SWAP: score(swapped_support_manifest(manifest))}

@@ -17,6 +17,7 @@ from fsseg import paths
 from fsseg.atomic import remove_stale_temporaries, write_json, write_yaml
 from fsseg.config import ExperimentConfig
 from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.decoded import DecodedImages
 from fsseg.data.episodes import EpisodeManifest, build_test_manifest
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import build_dataset, build_method, run_id
@@ -27,6 +28,7 @@ from fsseg.errors import FssegError
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
 from fsseg.metrics import summarize
+from fsseg.numerics import Numerics
 from fsseg.records import evaluation_identity, summary_identity, write_records
 
 
@@ -56,7 +58,11 @@ def ensure_manifest(
 def evaluation_settings(cfg: ExperimentConfig) -> InferenceSettings:
     """How ``fsseg evaluate`` feeds the test episodes to a method (``dataset.*`` and ``eval.*``)."""
     return InferenceSettings(
-        cfg.dataset.image_size, cfg.dataset.label_resolution, cfg.eval.batch_size, cfg.eval.num_workers
+        cfg.dataset.image_size,
+        cfg.dataset.label_resolution,
+        cfg.eval.batch_size,
+        cfg.eval.num_workers,
+        Numerics(cfg.eval.precision, cfg.eval.channels_last),
     )
 
 
@@ -93,12 +99,17 @@ def evaluate_run(
     device = resolve_device(cfg.eval.device)
     adapter = build_dataset(cfg)
     method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
+    images = DecodedImages(adapter)  # every evaluation below reads the same files: decode each once
     outs = []
     for shot in shots:
         for seed in episode_seeds:
             one = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, shot=shot, episode_seed=seed))
             diagnose = shot in (diagnose_shots or [])
-            outs.append(evaluate(one, untrained=untrained, diagnose=diagnose, method=method, adapter=adapter))
+            outs.append(
+                evaluate(
+                    one, untrained=untrained, diagnose=diagnose, method=method, adapter=adapter, images=images
+                )
+            )
     return outs
 
 
@@ -109,13 +120,14 @@ def evaluate(
     diagnose: bool = False,
     method: FewShotMethod | None = None,
     adapter: DatasetAdapter | None = None,
+    images: DecodedImages | None = None,
 ) -> Path:
     """Evaluate the trained run of ``cfg`` on its test manifest; returns the output folder.
 
     ``untrained`` evaluates the freshly initialised method (the "before training" reference);
     ``diagnose`` also writes ``diagnostics.json`` (support swap, base classes, the method's probes;
     see :mod:`fsseg.engine.diagnose`). ``method`` and ``adapter``, when given, are the already loaded
-    run (:func:`evaluate_run` passes them).
+    run (:func:`evaluate_run` passes them), ``images`` the decoded files its evaluations share.
     """
     device = resolve_device(cfg.eval.device)
     adapter = adapter or build_dataset(cfg)
@@ -128,7 +140,17 @@ def evaluate(
     out_dir = cfg.eval_dir if not untrained else cfg.eval_dir.with_name(cfg.eval_dir.name + "_untrained")
     with folder_lock(out_dir, "fsseg evaluate"):
         remove_stale_temporaries(out_dir)
-        return _evaluate_locked(cfg, adapter, manifest, device, out_dir, untrained, diagnose, method)
+        return _evaluate_locked(
+            cfg,
+            adapter,
+            manifest,
+            device,
+            out_dir,
+            untrained,
+            diagnose,
+            method,
+            images or DecodedImages(adapter),
+        )
 
 
 def _evaluate_locked(
@@ -140,14 +162,18 @@ def _evaluate_locked(
     untrained: bool,
     diagnose: bool,
     method: FewShotMethod | None,
+    images: DecodedImages,
 ) -> Path:
     if method is None:
         method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
     settings = evaluation_settings(cfg)
+    note = settings.numerics.check(device, "eval.precision")
+    if note:
+        print(f"fsseg: {note}", file=sys.stderr)
     timing: dict[str, float] = {}
     started = time.perf_counter()
     results = infer_episodes(
-        method, manifest, adapter, settings, device, progress_label="eval", timing=timing
+        method, manifest, adapter, settings, device, progress_label="eval", timing=timing, images=images
     )
     wall = time.perf_counter() - started
 
@@ -179,6 +205,7 @@ def _evaluate_locked(
         "image_size": cfg.dataset.image_size,
         "label_resolution": cfg.dataset.label_resolution,
         "device": describe_device(device),
+        "numerics": dataclasses.asdict(settings.numerics),
         "metrics": metrics,
         "timing": {
             "wall_seconds": round(wall, 3),
@@ -189,7 +216,9 @@ def _evaluate_locked(
     }
     diagnostics = None
     if diagnose:
-        diagnostics = run_diagnostics(method, manifest, adapter, cfg, settings, device, metrics["miou"])
+        diagnostics = run_diagnostics(
+            method, manifest, adapter, cfg, settings, device, metrics["miou"], images=images
+        )
     write_records(out_dir / "records.csv", records)
     write_yaml(out_dir / "config.yaml", cfg.to_dict())
     if diagnostics is not None:

@@ -9,8 +9,12 @@ the query's label.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from queue import Empty, Queue
 from typing import Any
 
 import numpy as np
@@ -20,21 +24,24 @@ from torch.utils.data import DataLoader, Subset
 
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.episodes import EpisodeManifest
-from fsseg.data.loading import ManifestEpisodes, collate_episodes
-from fsseg.engine.progress import Progress
+from fsseg.data.loading import ImageSource, ManifestEpisodes, collate_episodes
 from fsseg.method import FewShotMethod
 from fsseg.metrics import EpisodeCounts, episode_counts, summarize
+from fsseg.numerics import Numerics
+from fsseg.progress import Progress
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
     """How episodes reach the method: model input side, label resolution scored against, episodes per
-    forward pass and data-loader workers (the workers never change a result)."""
+    forward pass, data-loader workers (the workers never change a result) and the numerics of the
+    forward pass (precision, memory layout)."""
 
     image_size: int
     label_resolution: str
     batch_size: int
     num_workers: int
+    numerics: Numerics = field(default_factory=Numerics)
 
 
 @dataclass(frozen=True)
@@ -66,14 +73,17 @@ def infer_episodes(
     keep_masks: bool = False,
     progress_label: str | None = None,
     timing: dict[str, float] | None = None,
+    images: ImageSource | None = None,
 ) -> list[EpisodeResult]:
     """Run ``method`` (in eval mode, without gradients) on the manifest's episodes, in manifest order.
 
     ``first`` limits the run to the first episodes; ``keep_masks`` keeps each prediction and label;
     ``timing``, when given, receives ``model_seconds``, the time spent in the method's forward passes
-    (synchronised on CUDA).
+    (synchronised on CUDA); ``images`` is where the files are read (default: the adapter; the
+    evaluations of one process share a :class:`~fsseg.data.decoded.DecodedImages`). The next batch is
+    read and decoded while the method runs on this one (a thread, or the loader's workers).
     """
-    dataset = ManifestEpisodes(manifest, adapter, settings.image_size, settings.label_resolution)
+    dataset = ManifestEpisodes(manifest, images or adapter, settings.image_size, settings.label_resolution)
     episodes = dataset if first is None else Subset(dataset, range(min(first, len(dataset))))
     loader = DataLoader(
         episodes,
@@ -88,8 +98,10 @@ def infer_episodes(
     results: list[EpisodeResult] = []
     model_seconds = 0.0
     method.eval()
+    settings.numerics.apply(method)
+    batches = loader if settings.num_workers > 0 else prefetched(loader)
     with torch.inference_mode():
-        for batch in loader:
+        for batch in batches:
             labels = batch.pop("query_label")
             batch.pop("query_mask")  # a method never sees the query label at test time
             episode_ids = batch["episode_id"].tolist()
@@ -97,20 +109,16 @@ def infer_episodes(
             if synchronize:
                 torch.cuda.synchronize(device)
             tick = time.perf_counter()
-            logits = method(batch)["logits"]
+            with settings.numerics.autocast(device):
+                logits = method(batch)["logits"]
             if synchronize:
                 torch.cuda.synchronize(device)
             model_seconds += time.perf_counter() - tick
-            for b, label in enumerate(labels):
-                item_logits = logits[b : b + 1]
-                if item_logits.shape[-2:] != label.shape:
-                    item_logits = F.interpolate(
-                        item_logits, size=label.shape, mode="bilinear", align_corners=False
-                    )
-                prediction = item_logits[0].argmax(dim=0).cpu()
+            predictions = predict_at_labels(logits.float(), [label.shape for label in labels])
+            for episode_id, prediction, label in zip(episode_ids, predictions, labels, strict=True):
                 results.append(
                     EpisodeResult(
-                        episode_ids[b],
+                        episode_id,
                         episode_counts(prediction, label),
                         prediction.numpy().astype(np.uint8) if keep_masks else None,
                         label.numpy().astype(np.uint8) if keep_masks else None,
@@ -121,6 +129,56 @@ def infer_episodes(
     if timing is not None:
         timing["model_seconds"] = model_seconds
     return results
+
+
+def predict_at_labels(logits: torch.Tensor, label_sizes: list[torch.Size]) -> list[torch.Tensor]:
+    """Each episode's 0/1 prediction [H, W] (CPU) at its label's size: its logits resized (bilinear) to
+    the label, the arg-max over the two classes. Episodes whose labels share a size are resized and
+    arg-maxed as one batch (the same numbers as one at a time: both work per sample and channel)."""
+    out: list[torch.Tensor | None] = [None] * len(label_sizes)
+    for size in dict.fromkeys(label_sizes):
+        index = [i for i, s in enumerate(label_sizes) if s == size]
+        group = logits[index]
+        if group.shape[-2:] != size:
+            group = F.interpolate(group, size=size, mode="bilinear", align_corners=False)
+        for i, prediction in zip(index, group.argmax(dim=1).cpu(), strict=True):
+            out[i] = prediction
+    return out
+
+
+def prefetched(batches: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """The items of ``batches`` in order, produced by a background thread up to ``depth`` ahead (file
+    reads, PNG decoding and resizing release the GIL, so they overlap the model's forward). An
+    exception in the thread is raised here, at the item where it happened."""
+    queue: Queue[tuple[str, Any]] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                if stop.is_set():
+                    return
+                queue.put(("item", item))
+            queue.put(("end", None))
+        except BaseException as err:  # handed to the consumer, which raises it
+            queue.put(("error", err))
+
+    thread = threading.Thread(target=produce, name="fsseg-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(Empty):
+                queue.get_nowait()
+            thread.join(timeout=0.05)
 
 
 def count_records(manifest: EpisodeManifest, results: list[EpisodeResult]) -> list[dict[str, Any]]:
@@ -137,7 +195,8 @@ def class_miou(
     adapter: DatasetAdapter,
     settings: InferenceSettings,
     device: torch.device,
+    images: ImageSource | None = None,
 ) -> float:
     """Class-wise mIoU of ``method`` on ``manifest`` over the classes its header lists."""
-    results = infer_episodes(method, manifest, adapter, settings, device)
+    results = infer_episodes(method, manifest, adapter, settings, device, images=images)
     return float(summarize(count_records(manifest, results), manifest.header["novel_classes"])["miou"])

@@ -15,6 +15,7 @@ Methods then load it through ``backbone.weights: fold_pretrained``. The output h
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,11 +30,13 @@ from fsseg.atomic import save_torch, write_json
 from fsseg.config import ExperimentConfig
 from fsseg.data.loading import augment_pair, image_tensor, mask_tensor
 from fsseg.device import describe_device, resolve_device
-from fsseg.engine.build import build_dataset
-from fsseg.engine.progress import Progress, format_duration
+from fsseg.engine.build import build_dataset, pretraining_identity
+from fsseg.engine.run_state import differing_keys
 from fsseg.errors import ConfigError, DataError, TrainingDiverged
 from fsseg.method import BackboneSpec
 from fsseg.models.backbones import build_backbone
+from fsseg.numerics import Numerics
+from fsseg.progress import Progress, format_duration
 
 
 def _label_map(num_classes: int, base: list[int], novel: list[int]) -> np.ndarray:
@@ -48,13 +51,36 @@ def _label_map(num_classes: int, base: list[int], novel: list[int]) -> np.ndarra
     return table
 
 
+def _check_same_pretraining(cfg: ExperimentConfig, out: Path) -> None:
+    """Refuse to reuse a backbone file pretrained with other settings (an older file without the record
+    of them is reused as before)."""
+    meta_path = out.with_suffix(".json")
+    if not meta_path.is_file():
+        return
+    stored = json.loads(meta_path.read_text()).get("identity")
+    if stored is None:
+        return
+    wanted = json.loads(json.dumps(pretraining_identity(cfg)))
+    if stored != wanted:
+        differing = ", ".join(differing_keys(stored, wanted))
+        raise ConfigError(
+            f"{out} was pretrained with other settings (differing: {differing}; see {meta_path}); "
+            "delete it to pretrain again, or set output_root elsewhere"
+        )
+
+
 def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     out = out or cfg.pretrained_backbone_path
     if out.is_file():
+        _check_same_pretraining(cfg, out)
         print(f"fsseg: {out} exists; nothing to do", file=sys.stderr)
         return out
     settings = cfg.pretrain
     device = resolve_device(settings.device)
+    numerics = Numerics(settings.precision, settings.channels_last)
+    note = numerics.check(device, "pretrain.precision")
+    if note:
+        print(f"fsseg: {note}", file=sys.stderr)
     adapter = build_dataset(cfg)
     if settings.classes == "auxiliary":
         if adapter.pretrain_split is None:
@@ -86,16 +112,17 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         output_stride=cfg.backbone.output_stride,
         max_stage=cfg.backbone.max_stage,
     )
-    backbone = build_backbone(spec).to(device)
+    backbone = numerics.apply(build_backbone(spec).to(device))
     last_stage = backbone.stages[-1]
-    head = nn.Conv2d(backbone.channels[last_stage], n_classes + 1, kernel_size=1).to(device)
+    head = numerics.apply(nn.Conv2d(backbone.channels[last_stage], n_classes + 1, kernel_size=1).to(device))
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
     size = cfg.dataset.image_size
     print(
         f"fsseg: pretraining {cfg.backbone.name} on {what} of {cfg.dataset.name} "
-        f"({len(image_ids)} images, {settings.iterations} steps) on {describe_device(device)}",
+        f"({len(image_ids)} images, {settings.iterations} steps) on {describe_device(device)}, "
+        f"{numerics.describe()}",
         file=sys.stderr,
     )
     progress = Progress("pretrain", settings.iterations)
@@ -114,8 +141,9 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
             images.append(image_tensor(image, size))
             labels.append(mask_tensor(label, size))
         x, y = torch.stack(images).to(device), torch.stack(labels).to(device)
-        logits = head(backbone(x, stages=(last_stage,))[last_stage])
-        logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        with numerics.autocast(device):
+            logits = head(backbone(x, stages=(last_stage,))[last_stage])
+        logits = F.interpolate(logits.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, y, ignore_index=IGNORE_INDEX)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"backbone pretraining diverged at step {it + 1}; lower pretrain.lr")
@@ -133,6 +161,7 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         "init_weights": settings.init_weights,
         "image_size": size,
         "pretrain": cfg.to_dict()["pretrain"],
+        "identity": pretraining_identity(cfg),
         "final_loss": float(loss.item()),
         "seconds": round(time.perf_counter() - started, 1),
     }

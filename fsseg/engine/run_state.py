@@ -110,7 +110,7 @@ def check_trained_with(cfg: ExperimentConfig, weights: Path) -> None:
     stored = config_from_dict(read_yaml(stored_path))
     ours, theirs = training_identity(cfg), training_identity(stored)
     if ours != theirs:
-        differing = sorted(_differing_keys(ours, theirs))
+        differing = sorted(differing_keys(ours, theirs))
         raise ConfigError(
             f"{weights} was trained with another training config ({stored_path}); differing keys: "
             f"{', '.join(differing[:8])}. Evaluate with the config it was trained with, or train this one "
@@ -118,10 +118,11 @@ def check_trained_with(cfg: ExperimentConfig, weights: Path) -> None:
         )
 
 
-def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves in which two nested dicts differ."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
-            out += _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+            out += differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from fsseg.atomic import remove_stale_temporaries, save_torch, write_json, write_text, write_yaml
 from fsseg.config import ExperimentConfig, config_from_dict, read_yaml
 from fsseg.data.adapter import DatasetAdapter
+from fsseg.data.decoded import DecodedImages
 from fsseg.data.episodes import EpisodeManifest, TrainEpisodeSampler, build_test_manifest
 from fsseg.data.loading import TrainEpisodes, collate_episodes
 from fsseg.device import describe_device, resolve_device
@@ -50,7 +51,6 @@ from fsseg.engine.build import (
     training_identity,
 )
 from fsseg.engine.infer import InferenceSettings, class_miou, to_device
-from fsseg.engine.progress import Progress, format_duration
 from fsseg.engine.run_state import (
     CHECKPOINT,
     LOG,
@@ -65,6 +65,8 @@ from fsseg.engine.run_state import (
 from fsseg.errors import ConfigError, TrainingDiverged
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
+from fsseg.numerics import Numerics
+from fsseg.progress import Progress, format_duration
 
 
 class LossWindow:
@@ -178,7 +180,11 @@ def _train_locked(
 
     device = resolve_device(cfg.train.device)
     recipe = effective_recipe(cfg)
-    method = build_method(cfg).to(device)
+    numerics = training_numerics(cfg)
+    note = numerics.check(device, "train.precision")
+    if note:
+        print(f"fsseg: {note}", file=sys.stderr)
+    method = numerics.apply(build_method(cfg).to(device))
     total = recipe.iterations if method.is_trainable else 0
     optimizer = build_optimizer(method, recipe) if method.is_trainable else None
     scheduler = build_scheduler(optimizer, recipe) if optimizer is not None else None
@@ -223,7 +229,8 @@ def _train_locked(
     print(
         f"fsseg: training {cfg.run_name} on {describe_device(device)}: {total} iterations × "
         f"{recipe.batch_size} episodes, {recipe.optimizer} lr {recipe.lr:g} ({recipe.schedule}); "
-        f"{length['length']}; augmentation {recipe.augment}; frozen BatchNorm {recipe.frozen_bn}",
+        f"{length['length']}; augmentation {recipe.augment}; frozen BatchNorm {recipe.frozen_bn}; "
+        f"{numerics.describe()}",
         file=sys.stderr,
     )
     progress = Progress("train", total, start)
@@ -233,8 +240,9 @@ def _train_locked(
     started = time.perf_counter()
     for batch in loader:
         batch = to_device(batch, device)
-        outputs = method(batch)
-        losses = method.loss(outputs, batch)
+        with numerics.autocast(device):
+            outputs = method(batch)
+            losses = method.loss(outputs, batch)
         loss = losses["loss"]
         if not torch.isfinite(loss):
             parts = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
@@ -363,6 +371,7 @@ def _finish(
             "frozen_bn": length["frozen_bn"],
             "train_seconds_this_invocation": round(seconds, 2),
             "device": describe_device(device),
+            "numerics": training_numerics(cfg).describe(),
             "selection": selected,
             "params_total": n_total,
             "params_trainable": n_trainable,
@@ -397,10 +406,21 @@ def validation_settings(cfg: ExperimentConfig) -> InferenceSettings:
     """How validation episodes are fed and scored: at ``dataset.image_size``, against labels at their
     original resolution (the default protocol; ``dataset.label_resolution`` is an evaluation setting),
     in batches of the training batch size (what fits a training step fits a forward pass without
-    gradients), with ``train.num_workers`` loader workers (which change no result)."""
+    gradients), with ``train.num_workers`` loader workers (which change no result), in the training's
+    numerics."""
     return InferenceSettings(
-        cfg.dataset.image_size, "original", effective_recipe(cfg).batch_size, cfg.train.num_workers
+        cfg.dataset.image_size,
+        "original",
+        effective_recipe(cfg).batch_size,
+        cfg.train.num_workers,
+        training_numerics(cfg),
     )
+
+
+def training_numerics(cfg: ExperimentConfig) -> Numerics:
+    """The precision and memory layout of training (``train.precision``, ``train.channels_last``); the
+    validation of ``best_val`` runs with them too."""
+    return Numerics(cfg.train.precision, cfg.train.channels_last)
 
 
 class _Validator:
@@ -414,6 +434,7 @@ class _Validator:
         self.adapter = adapter
         self.manifest = validation_manifest(cfg, adapter)
         self.settings = validation_settings(cfg)
+        self.images = DecodedImages(adapter)  # the same episodes at every validation
 
     def score(self) -> float:
-        return class_miou(self.method, self.manifest, self.adapter, self.settings, self.device)
+        return class_miou(self.method, self.manifest, self.adapter, self.settings, self.device, self.images)

@@ -84,9 +84,15 @@ class _Basic(nn.Module):
         self.downsample = _shortcut(c_in, width * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.pre_activation(x))
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its final ReLU (residual branch + shortcut)."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + identity)
+        out = self.bn2(self.conv2(out))
+        out += identity  # in place: no second block-sized buffer (BatchNorm's backward needs no output)
+        return out
 
 
 class _Bottleneck(nn.Module):
@@ -106,10 +112,16 @@ class _Bottleneck(nn.Module):
         self.downsample = _shortcut(c_in, width * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.pre_activation(x))
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its final ReLU (residual branch + shortcut)."""
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)) + identity)
+        out = self.bn3(self.conv3(out))
+        out += identity  # in place, as in _Basic
+        return out
 
 
 def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Sequential | None:
@@ -226,6 +238,46 @@ class ResNetBackbone(nn.Module):
             if name in wanted:
                 out[name] = x
         return out
+
+    def block_features(
+        self, x: torch.Tensor, stages: tuple[str, ...], before_relu: bool = False
+    ) -> dict[str, list[torch.Tensor]]:
+        """The output of *every* residual block of the requested stages, in block order.
+
+        Stages before the first requested one run whole; the run stops after the last requested one.
+        ``before_relu`` returns each block's sum of residual branch and shortcut before its final ReLU
+        (what HSNet correlates); the next block still receives the ReLU'd output, so the network's
+        computation is unchanged. ResNet-50 layer2–layer4 gives 4 + 6 + 3 = 13 features.
+        """
+        unknown = [s for s in stages if s not in self.stages or s == "layer0"]
+        if not stages or unknown:
+            raise ConfigError(
+                f"backbone block features: stages {list(stages)} must be non-empty residual stages of "
+                f"this backbone, {self.stages[1:]}"
+            )
+        wanted = set(stages)
+        last = max(self.stages.index(s) for s in wanted)
+        out: dict[str, list[torch.Tensor]] = {}
+        for name in self.stages[: last + 1]:
+            stage = getattr(self, name)
+            if name not in wanted:
+                x = stage(x)
+                continue
+            feats = []
+            for block in stage:
+                if before_relu:
+                    pre = block.pre_activation(x)
+                    feats.append(pre)
+                    x = torch.relu(pre)
+                else:
+                    x = block(x)
+                    feats.append(x)
+            out[name] = feats
+        return out
+
+    def blocks_per_stage(self) -> dict[str, int]:
+        """Number of residual blocks of each kept stage (``layer1`` … ``layer4``)."""
+        return {name: len(getattr(self, name)) for name in self.stages if name != "layer0"}
 
     def truncate(self, last_stage: str) -> None:
         """Drop the stages after ``last_stage``: a method that never runs them should not carry them."""

@@ -1,12 +1,10 @@
 """``fsseg report``: every table and figure of ``reports/`` from an aggregate, bench files and predictions.
 
 Inputs are saved files only: the aggregate folder (``fsseg aggregate``), ``fsseg bench --out`` JSON files,
-``fsseg predict`` npz files and the report spec. No model is run. Outputs (all written atomically)::
-
-    OUT/README.md                                  index: protocol, every table, every figure
-    OUT/tables/{main_miou,main_fbiou,ablation,significance,efficiency}.{md,tex,csv,caption.txt}
-    OUT/figures/{per_fold_miou,class_iou_heatmap,training_curves,miou_vs_fps,miou_vs_params,
-                 paired_differences,qualitative}.{png,pdf,caption.txt}
+``fsseg predict`` npz files, the trained runs' ``train_summary.json`` (their ``train_log.jsonl`` beside
+them) and the report spec. No model is run. Outputs (all written atomically): ``OUT/README.md`` (index:
+protocol, every table, every figure) and, for every artefact that :mod:`fsseg.report.artefacts`
+declares, ``OUT/tables/<name>.{md,tex,csv,caption.txt}`` or ``OUT/figures/<name>.{png,pdf,caption.txt}``.
 """
 
 from __future__ import annotations
@@ -17,31 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fsseg.aggregate import CLASS_PREFIX, Aggregate, load_aggregate
+from fsseg.aggregate import load_aggregate
 from fsseg.atomic import write_text
 from fsseg.errors import DataError, FssegError
-from fsseg.report import captions, plots, tables
-from fsseg.report.results import MIN_UNITS_TO_MARK, all_families, select_runs
-from fsseg.report.spec import ReportSpec, load_spec
-
-TABLE_NAMES = ("main_miou", "main_fbiou", "ablation", "significance", "efficiency", "diagnostics")
-TABLE_TITLES = {
-    "main_miou": "Main comparison: class-wise mIoU",
-    "main_fbiou": "Main comparison: FB-IoU",
-    "ablation": "Ablations",
-    "significance": "Significance",
-    "efficiency": "Efficiency",
-    "diagnostics": "Does each method use its support?",
-}
-FIGURE_TITLES = {
-    "per_fold_miou": "Class mIoU per fold",
-    "class_iou_heatmap": "Per-class IoU",
-    "training_curves": "Training curves",
-    "miou_vs_fps": "Class mIoU against speed",
-    "miou_vs_params": "Class mIoU against parameters",
-    "paired_differences": "Paired differences",
-    "qualitative": "Qualitative examples",
-}
+from fsseg.report import builders, captions, plots, tables
+from fsseg.report.artefacts import ARTEFACTS, FIGURES, Artefact, artefact
+from fsseg.report.builders import ReportInputs
+from fsseg.report.results import all_families, select_runs
+from fsseg.report.spec import MIN_UNITS_TO_MARK, ReportSpec, load_spec
 
 
 def read_bench_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -83,38 +64,24 @@ def _order_bench_rows(rows: list[dict[str, Any]], spec: ReportSpec) -> list[dict
     return sorted(rows, key=key)
 
 
-def _class_folds(agg: Aggregate) -> dict[str, int]:
-    """Fold of each class column: the fold whose evaluations score it."""
-    folds: dict[str, int] = {}
-    for column in agg.class_columns:
-        scored = agg.evaluations.loc[agg.evaluations[column].notna(), "fold"]
-        if not scored.empty:
-            folds[column] = int(scored.min())
-    return folds
+def train_logs_of(train_summaries: Sequence[str | Path]) -> dict[Path, Path]:
+    """Run folder (resolved) → the ``train_log.jsonl`` beside each given ``train_summary.json``."""
+    logs = {}
+    for summary in train_summaries:
+        path = Path(summary)
+        if path.name != "train_summary.json":
+            raise FssegError(f"{path}: expected a run's train_summary.json (`fsseg report --train-runs`)")
+        if not path.is_file():
+            raise DataError(f"{path} does not exist: the run is not trained")
+        logs[path.parent.resolve()] = path.parent / "train_log.jsonl"
+    return logs
 
 
-def _figure_captions(spec: ReportSpec, protocol: dict[str, Any], n_boot: int) -> dict[str, str]:
-    texts = {
-        "per_fold_miou": "class-wise mIoU (%) per fold and averaged over folds, one panel per test shot. "
-        "Bars: mean over train seeds; whiskers: 95% t confidence interval over train seeds; dots: the "
-        "individual train seeds (each averaged over its episode seeds)",
-        "class_iou_heatmap": "per-class IoU (%) of each method, averaged over train seeds and episode seeds; "
-        "classes grouped by the fold in which they are novel",
-        "training_curves": "training loss against iteration, one panel per method; lines: mean over train "
-        "seeds per fold and train shot, bands: ± 1 sd over train seeds",
-        "miou_vs_fps": "class-wise mIoU (%) averaged over folds (whiskers: sd over train seeds) against "
-        "speed (episodes per second, `fsseg bench`, fp32, benchmark input size)",
-        "miou_vs_params": "class-wise mIoU (%) averaged over folds (whiskers: sd over train seeds) against "
-        "the total number of parameters",
-        "paired_differences": "paired differences Δ = A − B of class-wise mIoU in points: grey dots are the "
-        "units (fold × train seed), the red diamond their mean with its 95% t confidence interval; one "
-        f"panel per Holm family; † marks Holm-adjusted t-test p < {spec.alpha:g} over at least "
-        f"{MIN_UNITS_TO_MARK} units",
-        "qualitative": "test episodes (rows): the first support image with its mask (orange), the query, its "
-        "ground truth and each method's prediction (orange, with the episode's foreground IoU); grey: "
-        "ignored pixels. Episodes are the first ones of the saved test manifest, not chosen by score",
+def _figure_captions(spec: ReportSpec, protocol: dict[str, Any]) -> dict[str, str]:
+    return {
+        f.name: captions.figure_caption(spec, protocol, f.caption_text(spec.alpha, MIN_UNITS_TO_MARK))
+        for f in FIGURES
     }
-    return {name: captions.figure_caption(spec, protocol, text) for name, text in texts.items()}
 
 
 def build_report(
@@ -123,8 +90,11 @@ def build_report(
     out_dir: str | Path,
     efficiency_files: Sequence[str | Path] = (),
     prediction_files: Sequence[str | Path] = (),
+    train_summaries: Sequence[str | Path] = (),
 ) -> list[Path]:
-    """Render every table and figure of the report into ``out_dir``; returns the files written."""
+    """Render every artefact of :data:`~fsseg.report.artefacts.ARTEFACTS` into ``out_dir``; returns the
+    files written. ``train_summaries`` are the ``train_summary.json`` files of the runs whose training
+    curves are drawn (each run's ``train_log.jsonl`` beside it); a run not given has no curve."""
     from fsseg.qualitative import load_predictions
 
     agg = load_aggregate(aggregate_dir)
@@ -145,26 +115,7 @@ def build_report(
     if absent:
         print(f"fsseg report: no evaluations of {', '.join(absent)}; shown as missing", file=sys.stderr)
 
-    out = Path(out_dir)
-    table_dir, figure_dir = out / "tables", out / "figures"
     runs = select_runs(agg, spec.all_runs, spec.shots)
-    families = all_families(runs, spec)
-    ablation = next((f for f in families if f.kind == "ablations"), None)
-    bench_rows = _order_bench_rows(read_bench_files(efficiency_files), spec)
-
-    unused_support = tables.support_unused(agg.diagnostics, spec)
-    built = [
-        tables.main_table("main_miou", "miou", runs, spec, protocol, unused_support),
-        tables.main_table("main_fbiou", "fbiou", runs, spec, protocol, unused_support),
-        tables.ablation_table(runs, ablation, spec, protocol),
-        tables.significance_table(families, spec, protocol),
-        tables.efficiency_table(bench_rows, spec),
-        tables.diagnostics_table(agg.diagnostics, spec, protocol),
-    ]
-    written: list[Path] = []
-    for table in built:
-        written += tables.write_table(table, table_dir)
-
     labels = {(r.method, r.variant): r.display for r in spec.all_runs}
     predictions = []
     for path in prediction_files:
@@ -172,37 +123,42 @@ def build_report(
         default = p["method"] if p["variant"] == "default" else f"{p['method']} ({p['variant']})"
         p["label"] = labels.get((p["method"], p["variant"]), default)
         predictions.append(p)
+    inputs = ReportInputs(
+        aggregate=agg,
+        spec=spec,
+        runs=runs,
+        families=all_families(runs, spec),
+        bench_rows=_order_bench_rows(read_bench_files(efficiency_files), spec),
+        predictions=predictions,
+        train_logs=train_logs_of(train_summaries),
+    )
 
-    folds = [int(f) for f in protocol["folds"]]
-    main_refs = spec.main_runs
-    figure_captions = _figure_captions(spec, protocol, spec.bootstrap.iterations)
-    class_columns = [c for c in agg.class_columns if c.startswith(CLASS_PREFIX)]
-    figures = {
-        "per_fold_miou": lambda: plots.per_fold_figure(runs, main_refs, spec.shots, folds),
-        "class_iou_heatmap": lambda: plots.class_heatmap_figure(
-            runs, main_refs, spec.shots, class_columns, _class_folds(agg)
-        ),
-        "training_curves": lambda: plots.training_curves_figure(runs, main_refs, spec.shots, Path.cwd()),
-        "miou_vs_fps": lambda: plots.tradeoff_figure(
-            runs, spec.all_runs, spec.shots, folds, bench_rows, protocol["image_size"], "fps"
-        ),
-        "miou_vs_params": lambda: plots.tradeoff_figure(
-            runs, spec.all_runs, spec.shots, folds, bench_rows, protocol["image_size"], "params"
-        ),
-        "paired_differences": lambda: plots.paired_differences_figure(families, spec.alpha),
-        "qualitative": lambda: plots.qualitative_figure(
-            predictions, [r.display for r in spec.all_runs], spec.qualitative_rows
-        ),
-    }
-    for name, make in figures.items():
-        written += plots.save_figure(make(), figure_dir / name)
-        caption_path = figure_dir / f"{name}.caption.txt"
-        write_text(caption_path, figure_captions[name] + "\n")
+    out = Path(out_dir)
+    figure_captions = _figure_captions(spec, protocol)
+    built: list[tables.Table] = []
+    written: list[Path] = []
+    for item in ARTEFACTS:
+        made = build_artefact(item, inputs)
+        if isinstance(made, tables.Table):
+            built.append(made)
+            written += tables.write_table(made, out / item.folder)
+            continue
+        written += plots.save_figure(made, out / item.folder / item.name)
+        caption_path = out / item.folder / f"{item.name}.caption.txt"
+        write_text(caption_path, figure_captions[item.name] + "\n")
         written.append(caption_path)
 
     write_text(out / "README.md", _index(spec, protocol, built, figure_captions))
     written.append(out / "README.md")
     return written
+
+
+def build_artefact(item: Artefact, inputs: ReportInputs) -> tables.Table | Any:
+    """Run the artefact's declared builder; a table must come back under the artefact's name."""
+    made = getattr(builders, item.builder)(inputs)
+    if item.kind == "table" and (not isinstance(made, tables.Table) or made.name != item.name):
+        raise TypeError(f"builder {item.builder} of table {item.name!r} returned {made!r}")
+    return made
 
 
 def _index(
@@ -211,7 +167,7 @@ def _index(
     lines = [f"# {spec.title}", "", captions.protocol_text(protocol), "", "## Tables", ""]
     for table in built:
         lines += [
-            f"### {TABLE_TITLES[table.name]}",
+            f"### {artefact(table.name).title}",
             "",
             tables.to_markdown(table).rstrip(),
             "",
@@ -221,10 +177,11 @@ def _index(
         ]
     lines += ["## Figures", ""]
     for name, caption in figure_captions.items():
+        title = artefact(name).title
         lines += [
-            f"### {FIGURE_TITLES[name]}",
+            f"### {title}",
             "",
-            f"![{FIGURE_TITLES[name]}](figures/{name}.png)",
+            f"![{title}](figures/{name}.png)",
             "",
             f"*{caption.replace('*', chr(92) + '*')}*",
             "",

@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from fsseg.report.results import MIN_UNITS_TO_MARK
-from fsseg.report.spec import ReportSpec
+from fsseg.report.spec import MIN_UNITS_TO_MARK, ReportSpec
 
 METRIC_TEXT = {
     "miou": "class-wise mIoU (per class: IoU of the summed intersections and unions over its episodes; "

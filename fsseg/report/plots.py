@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,6 @@ from fsseg.atomic import write_bytes
 from fsseg.report.results import MEAN, Cell, FamilyResult, Run, class_iou_means, fold_cells, significant
 from fsseg.report.spec import RunRef
 
-FIGURE_NAMES = (
-    "per_fold_miou",
-    "class_iou_heatmap",
-    "training_curves",
-    "miou_vs_fps",
-    "miou_vs_params",
-    "paired_differences",
-    "qualitative",
-)
 _DPI = 150
 _FOREGROUND = (1.0, 0.35, 0.0)  # overlay colour of masks (orange: visible on aerial greens and greys)
 _IGNORE = (0.6, 0.6, 0.6)
@@ -189,9 +180,8 @@ def class_heatmap_figure(
 # Training curves
 
 
-def read_train_log(run_dir: Path) -> pd.DataFrame:
-    """Rows of ``train_log.jsonl`` that carry losses (validation rows are kept in ``val_miou``)."""
-    path = run_dir / "train_log.jsonl"
+def read_train_log(path: Path) -> pd.DataFrame:
+    """Rows of a ``train_log.jsonl`` that carry losses (validation rows are kept in ``val_miou``)."""
     if not path.is_file():
         return pd.DataFrame()
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -199,11 +189,14 @@ def read_train_log(run_dir: Path) -> pd.DataFrame:
 
 
 def training_curves_figure(
-    runs: dict[tuple[str, int], Run], refs: Sequence[RunRef], shots: Sequence[int], base: Path
+    runs: dict[tuple[str, int], Run],
+    refs: Sequence[RunRef],
+    shots: Sequence[int],
+    train_logs: Mapping[Path, Path],
 ) -> Figure:
     """Training loss against iteration, one panel per method; one line per (fold, train shot): the mean
-    over train seeds, with a band of ± 1 sd over seeds. Run folders come from the aggregate's
-    evaluations (``run_dir``), relative to ``base`` when they are relative paths."""
+    over train seeds, with a band of ± 1 sd over seeds. ``train_logs`` maps a run folder (resolved) to
+    its ``train_log.jsonl``: the logs the report was given, matched to the aggregate's ``run_dir``s."""
     panels = [r for r in refs]
     ncols = min(3, max(len(panels), 1))
     nrows = math.ceil(max(len(panels), 1) / ncols)
@@ -223,8 +216,8 @@ def training_curves_figure(
                         run_dirs[(int(row.fold), int(row.train_shot), int(row.train_seed))] = row.run_dir
             logs = []
             for (fold, train_shot, seed), run_dir in sorted(run_dirs.items()):
-                path = Path(run_dir)
-                log = read_train_log(path if path.is_absolute() else base / path)
+                log_path = train_logs.get(Path(run_dir).resolve())
+                log = read_train_log(log_path) if log_path is not None else pd.DataFrame()
                 if not log.empty and "loss" in log.columns:
                     log = log.dropna(subset=["loss"])[["iteration", "loss"]]
                     logs.append(log.assign(fold=fold, train_shot=train_shot, train_seed=seed))

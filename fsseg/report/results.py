@@ -22,7 +22,7 @@ from scipy import stats as sps
 
 from fsseg.aggregate import Aggregate
 from fsseg.errors import FssegError
-from fsseg.report.spec import ReportSpec, RunRef
+from fsseg.report.spec import MIN_UNITS_TO_MARK, ReportSpec, RunRef
 from fsseg.stats import (
     Metric,
     PairedComparison,
@@ -294,10 +294,6 @@ def all_families(runs: dict[tuple[str, int], Run], spec: ReportSpec) -> list[Fam
         families.append(ablation_family(runs, spec))
     return families
 
-
-# With two units the paired t-test has one degree of freedom: two nearly equal differences give a tiny
-# p and a huge d_z by chance, so a comparison is marked significant only from this many units on.
-MIN_UNITS_TO_MARK = 3
 
 
 def significant(comparison: PairedComparison, alpha: float) -> bool:

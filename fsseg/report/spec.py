@@ -25,6 +25,11 @@ from fsseg.config import read_yaml
 from fsseg.errors import ConfigError
 from fsseg.schema import from_dict, opt
 
+# With two units the paired t-test has one degree of freedom: two nearly equal differences give a tiny
+# p and a huge d_z by chance, so a comparison is marked significant (p < ReportSpec.alpha) only from this
+# many units on.
+MIN_UNITS_TO_MARK = 3
+
 
 @dataclass
 class RunRef:

@@ -1,5 +1,5 @@
 """Colour-only prototype floor (declares ``colour_floor``; the network registers itself from ``model.py``)."""
 
-from methods.colour_floor.declaration import ColourFloorDeclaration, ColourFloorParams
+from fsseg_methods.colour_floor.declaration import ColourFloorDeclaration, ColourFloorParams
 
 __all__ = ["ColourFloorDeclaration", "ColourFloorParams"]

@@ -1,10 +1,11 @@
-"""The colour floor's declaration (torch-free): parameters and recipes; the network is in ``model.py``."""
+"""The colour floor's declaration (torch-free): parameters, and that it learns nothing; the network is in
+``model.py``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fsseg.declaration import MethodDeclaration, TrainRecipe
+from fsseg.declaration import MethodDeclaration
 from fsseg.registry import METHODS
 from fsseg.schema import opt
 
@@ -17,8 +18,5 @@ class ColourFloorParams:
 @METHODS.declare("colour_floor")
 class ColourFloorDeclaration(MethodDeclaration):
     Params = ColourFloorParams
-    # Every recipe name other methods use exists here too, so one config drives all methods.
-    recipes = dict.fromkeys(
-        ("default", "synthetic", "official"), TrainRecipe(iterations=0, description="nothing to train")
-    )
+    needs_training = False  # no parameters: any train.recipe is accepted and nothing is trained
     trains_backbone = False

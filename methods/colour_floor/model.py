@@ -12,7 +12,7 @@ from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fsseg.models.ops import background, cosine_map, foreground, masked_average_pool
 from fsseg.registry import METHODS
-from methods.colour_floor.declaration import ColourFloorDeclaration, ColourFloorParams
+from fsseg_methods.colour_floor.declaration import ColourFloorDeclaration, ColourFloorParams
 
 
 @METHODS.register("colour_floor")

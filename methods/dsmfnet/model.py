@@ -29,6 +29,7 @@ from torch import nn
 from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.backbones import build_backbone
 from fsseg.models.glore import GloReUnit
+from fsseg.models.heads import PROTOTYPE_EPS, classifier, conv_relu
 from fsseg.models.ops import (
     cosine_map,
     deep_supervision_loss,
@@ -39,10 +40,7 @@ from fsseg.models.ops import (
 )
 from fsseg.models.prior import high_level_features, prior_stages, training_free_prior
 from fsseg.registry import METHODS
-from methods.dsmfnet.declaration import DSMFNetDeclaration, DSMFNetParams
-
-PROTOTYPE_EPS = 5e-4
-"""Added to the mask area of every masked average (PFENet's weighted GAP, on which DSMF-Net builds)."""
+from fsseg_methods.dsmfnet.declaration import DSMFNetDeclaration, DSMFNetParams
 
 
 def _resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -53,19 +51,6 @@ def _resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if size[0] <= h and size[1] <= w:
         return F.adaptive_avg_pool2d(x, size)
     return resize(x, size)
-
-
-def _conv_relu(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(c_in, c_out, kernel_size=kernel, padding=kernel // 2, bias=False),
-        nn.ReLU(inplace=True),
-    ]
-
-
-def _classifier(dim: int, classes: int = 2) -> nn.Sequential:
-    return nn.Sequential(
-        *_conv_relu(dim, dim, 3), nn.Dropout2d(p=0.1), nn.Conv2d(dim, classes, kernel_size=1)
-    )
 
 
 @METHODS.register("dsmfnet")
@@ -96,32 +81,32 @@ class DSMFNet(DSMFNetDeclaration, FewShotMethod):
         self.n_maps = (len(params.stages) if params.gpml != "off" else 0) + (1 if params.prior == "on" else 0)
         self.reduce = nn.ModuleDict(
             {
-                name: nn.Sequential(*_conv_relu(channels[name], dim, 1), nn.Dropout2d(p=params.dropout))
+                name: nn.Sequential(*conv_relu(channels[name], dim, 1), nn.Dropout2d(p=params.dropout))
                 for name in self.sff_stages
             }
         )
         # Per level: reduced query feature, expanded support prototype and all maps → one feature.
         self.merge = nn.ModuleDict(
-            {name: nn.Sequential(*_conv_relu(2 * dim + self.n_maps, dim, 1)) for name in self.sff_stages}
+            {name: nn.Sequential(*conv_relu(2 * dim + self.n_maps, dim, 1)) for name in self.sff_stages}
         )
         self.neighbour_merge = nn.ModuleList()
         n_parts = len(self.sff_stages)
         if params.sff in ("full", "no_graph"):
             self.neighbour_merge.extend(
-                nn.Sequential(*_conv_relu(2 * dim, dim, 1)) for _ in range(len(self.sff_stages) - 1)
+                nn.Sequential(*conv_relu(2 * dim, dim, 1)) for _ in range(len(self.sff_stages) - 1)
             )
             n_parts += len(self.neighbour_merge)
         self.fuse = (
-            nn.Sequential(*_conv_relu(n_parts * dim, dim, 1)) if params.sff != "off" else nn.Identity()
+            nn.Sequential(*conv_relu(n_parts * dim, dim, 1)) if params.sff != "off" else nn.Identity()
         )
         self.aux_cls = (
-            nn.ModuleDict({name: _classifier(dim) for name in self.sff_stages})
+            nn.ModuleDict({name: classifier(dim) for name in self.sff_stages})
             if params.aux_weight > 0
             else None
         )
-        self.head_in = nn.Sequential(*_conv_relu(dim + self.n_maps, dim, 1))
-        self.head_res = nn.Sequential(*_conv_relu(dim, dim, 3), *_conv_relu(dim, dim, 3))
-        self.cls = _classifier(dim)
+        self.head_in = nn.Sequential(*conv_relu(dim + self.n_maps, dim, 1))
+        self.head_res = nn.Sequential(*conv_relu(dim, dim, 3), *conv_relu(dim, dim, 3))
+        self.cls = classifier(dim)
 
     def _backbone_trainable(self) -> bool:
         return any(p.requires_grad for p in self.backbone.parameters())

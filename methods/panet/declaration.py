@@ -1,4 +1,5 @@
-"""PANet's declaration (torch-free): parameters, variants, recipes; the network is in ``model.py``."""
+"""PANet's declaration (torch-free): parameters, variants, the paper's recipe; the network is in
+``model.py``."""
 
 from __future__ import annotations
 
@@ -39,18 +40,5 @@ class PANetDeclaration(MethodDeclaration):
             description="official PANet: SGD 1e-3, momentum 0.9, wd 5e-4, 30k steps, "
             "×0.1 at 10k and 20k, batch 1; resize to the input + random mirror",
         ),
-        "synthetic": TrainRecipe(
-            optimizer="sgd",
-            lr=1e-3,
-            momentum=0.9,
-            weight_decay=5e-4,
-            schedule="constant",
-            iterations=100,
-            batch_size=8,
-            description="reduced recipe for the 2-core CPU synthetic default: the official optimizer and lr "
-            "(SGD 1e-3), 100 steps of 8 episodes, the whole network fine-tuned from the experiment's "
-            "pretrained backbone (the synthetic default: the one pretrained on the auxiliary classes)",
-        ),
     }
-    recipes["default"] = recipes["synthetic"]
     trains_backbone = True

@@ -16,7 +16,7 @@ from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.backbones import build_backbone
 from fsseg.models.ops import background, cosine_map, foreground, masked_average_pool
 from fsseg.registry import METHODS
-from methods.panet.declaration import PANetDeclaration, PANetParams
+from fsseg_methods.panet.declaration import PANetDeclaration, PANetParams
 
 
 @METHODS.register("panet")

@@ -1,4 +1,5 @@
-"""PFENet's declaration (torch-free): parameters, variants, recipes; the network is in ``model.py``."""
+"""PFENet's declaration (torch-free): parameters, variants, the paper's recipe; the network is in
+``model.py``."""
 
 from __future__ import annotations
 
@@ -62,48 +63,30 @@ class PFENetParams:
 # The iterations below only serve a run that overrides the epochs away.
 _OFFICIAL_ITERATIONS = 200 * 1400
 
-RECIPES = {
-    "official": TrainRecipe(
-        optimizer="sgd",
-        lr=0.025,
-        momentum=0.9,
-        weight_decay=1e-4,
-        schedule="poly",
-        poly_power=0.9,
-        iterations=_OFFICIAL_ITERATIONS,
-        batch_size=4,
-        epochs=200,
-        augment="pfenet",
-        frozen_bn="batch_stats",
-        description="PFENet official (PASCAL-5i, ResNet-50, 473 px): SGD momentum 0.9, wd 1e-4, poly 0.9, "
-        "batch 4, 200 epochs of the fold's filtered training list; base_lr 0.0025 in the config, but the "
-        "official poly schedule multiplies every parameter group by 10, so the rate actually used is "
-        "0.025 (what we set); PFENet's augmentation; the frozen backbone's BatchNorm in train mode "
-        "(batch statistics, drifting running statistics), as train.py leaves it",
-    ),
-    "synthetic": TrainRecipe(
-        optimizer="adam",
-        lr=3e-3,
-        momentum=0.9,
-        weight_decay=1e-4,
-        schedule="poly",
-        poly_power=0.9,
-        iterations=300,
-        batch_size=4,
-        warmup=50,
-        description="reduced CPU recipe for the synthetic default (64 px, frozen ResNet-18 pretrained on the "
-        "auxiliary classes, cut at layer3): Adam 3e-3 with a 50-step linear warm-up, wd 1e-4, poly 0.9, 300 "
-        "iterations of 4 episodes (without the warm-up the first Adam steps silenced 82-86 % of the head's "
-        "ReLU units for good)",
-    ),
-}
-RECIPES["default"] = RECIPES["synthetic"]
+OFFICIAL_RECIPE = TrainRecipe(
+    optimizer="sgd",
+    lr=0.025,
+    momentum=0.9,
+    weight_decay=1e-4,
+    schedule="poly",
+    poly_power=0.9,
+    iterations=_OFFICIAL_ITERATIONS,
+    batch_size=4,
+    epochs=200,
+    augment="pfenet",
+    frozen_bn="batch_stats",
+    description="PFENet official (PASCAL-5i, ResNet-50, 473 px): SGD momentum 0.9, wd 1e-4, poly 0.9, "
+    "batch 4, 200 epochs of the fold's filtered training list; base_lr 0.0025 in the config, but the "
+    "official poly schedule multiplies every parameter group by 10, so the rate actually used is "
+    "0.025 (what we set); PFENet's augmentation; the frozen backbone's BatchNorm in train mode "
+    "(batch statistics, drifting running statistics), as train.py leaves it",
+)
 
 
 @METHODS.declare("pfenet")
 class PFENetDeclaration(MethodDeclaration):
     Params = PFENetParams
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}, "prior_off": {"prior": False}}
-    recipes: ClassVar[dict[str, TrainRecipe]] = RECIPES
+    recipes: ClassVar[dict[str, TrainRecipe]] = {"official": OFFICIAL_RECIPE}
     trains_backbone = False
     probes: ClassVar[dict[str, str]] = {"prior_off": "the prior map replaced by zeros at inference"}

@@ -12,32 +12,16 @@ from torch import nn
 
 from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.backbones import build_backbone
+from fsseg.models.heads import PROTOTYPE_EPS, classifier, conv_relu
 from fsseg.models.ops import deep_supervision_loss, foreground, masked_average_pool, resize
 from fsseg.models.prior import high_level_features, prior_stages, resize_mask, training_free_prior
 from fsseg.registry import METHODS
-from methods.pfenet.declaration import PFENetDeclaration, PFENetParams
-
-PROTOTYPE_EPS = 5e-4
-"""Added to the mask area in PFENet's weighted GAP (``Weighted_GAP`` in the official code)."""
-
-
-def _conv_relu(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(c_in, c_out, kernel_size=kernel, padding=kernel // 2, bias=False),
-        nn.ReLU(inplace=True),
-    ]
-
-
-def _classifier(dim: int, classes: int = 2) -> nn.Sequential:
-    """3×3 conv, ReLU, Dropout2d(0.1), 1×1 conv to the classes (PFENet's ``cls`` / ``inner_cls``)."""
-    return nn.Sequential(
-        *_conv_relu(dim, dim, 3), nn.Dropout2d(p=0.1), nn.Conv2d(dim, classes, kernel_size=1)
-    )
+from fsseg_methods.pfenet.declaration import PFENetDeclaration, PFENetParams
 
 
 def _residual_block(dim: int) -> nn.Sequential:
     """Two 3×3 conv + ReLU; used as ``x + block(x)`` (``beta_conv`` and ``res2``)."""
-    return nn.Sequential(*_conv_relu(dim, dim, 3), *_conv_relu(dim, dim, 3))
+    return nn.Sequential(*conv_relu(dim, dim, 3), *conv_relu(dim, dim, 3))
 
 
 @METHODS.register("pfenet")
@@ -58,21 +42,21 @@ class PFENet(PFENetDeclaration, FewShotMethod):
         fea_dim = sum(self.backbone.channels[s] for s in params.mid_stages)
         n_bins = len(params.ppm_scales)
         prior_channels = 1 if params.prior else 0
-        self.down_query = nn.Sequential(*_conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
-        self.down_supp = nn.Sequential(*_conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
+        self.down_query = nn.Sequential(*conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
+        self.down_supp = nn.Sequential(*conv_relu(fea_dim, dim, 1), nn.Dropout2d(p=params.dropout))
         self.init_merge = nn.ModuleList(
-            nn.Sequential(*_conv_relu(2 * dim + prior_channels, dim, 1)) for _ in range(n_bins)
+            nn.Sequential(*conv_relu(2 * dim + prior_channels, dim, 1)) for _ in range(n_bins)
         )
         self.alpha_conv = nn.ModuleList(
-            nn.Sequential(*_conv_relu(2 * dim, dim, 1)) for _ in range(n_bins - 1)
+            nn.Sequential(*conv_relu(2 * dim, dim, 1)) for _ in range(n_bins - 1)
         )
         self.beta_conv = nn.ModuleList(_residual_block(dim) for _ in range(n_bins))
         self.inner_cls = (
-            nn.ModuleList(_classifier(dim) for _ in range(n_bins)) if params.aux_weight > 0 else None
+            nn.ModuleList(classifier(dim) for _ in range(n_bins)) if params.aux_weight > 0 else None
         )
-        self.res1 = nn.Sequential(*_conv_relu(dim * n_bins, dim, 1))
+        self.res1 = nn.Sequential(*conv_relu(dim * n_bins, dim, 1))
         self.res2 = _residual_block(dim)
-        self.cls = _classifier(dim)
+        self.cls = classifier(dim)
 
     # --- helpers -----------------------------------------------------------------------------------
     def pyramid_bins(self, height: int, width: int) -> list[tuple[int, int]]:

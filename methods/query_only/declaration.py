@@ -1,12 +1,11 @@
-"""The query-only control's declaration (torch-free): parameters and recipes; the network is in
+"""The query-only control's declaration (torch-free): parameters (no recipe of its own); the network is in
 ``model.py``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
-from fsseg.declaration import MethodDeclaration, TrainRecipe
+from fsseg.declaration import MethodDeclaration
 from fsseg.registry import METHODS
 from fsseg.schema import opt
 
@@ -25,23 +24,9 @@ class QueryOnlyParams:
     )
 
 
-_SYNTHETIC = TrainRecipe(
-    optimizer="adam",
-    lr=3e-3,
-    weight_decay=1e-4,
-    schedule="poly",
-    poly_power=0.9,
-    iterations=150,
-    batch_size=8,
-    warmup=30,
-    description="the prior-based methods' CPU optimiser settings (Adam 3e-3, 30-step warm-up, wd 1e-4, "
-    "poly 0.9), 150 iterations of 8 episodes",
-)
-
-
 @METHODS.declare("query_only")
 class QueryOnlyDeclaration(MethodDeclaration):
     Params = QueryOnlyParams
-    # A control has no official recipe; it runs where the CPU recipes do (the synthetic benchmark).
-    recipes: ClassVar[dict[str, TrainRecipe]] = {"default": _SYNTHETIC, "synthetic": _SYNTHETIC}
+    # A control has no paper, so no official recipe: it runs where a benchmark's recipe file gives it one
+    # (config/recipes/synthetic.yaml trains it as DSMF-Net's head).
     trains_backbone = False

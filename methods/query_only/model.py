@@ -16,7 +16,7 @@ from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.backbones import build_backbone
 from fsseg.models.ops import deep_supervision_loss, resize
 from fsseg.registry import METHODS
-from methods.query_only.declaration import QueryOnlyDeclaration, QueryOnlyParams
+from fsseg_methods.query_only.declaration import QueryOnlyDeclaration, QueryOnlyParams
 
 
 @METHODS.register("query_only")

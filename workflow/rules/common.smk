@@ -343,18 +343,12 @@ def bench_args(wildcards):
             f"--repeats {BENCH.get('repeats', 20)} " + override_arguments(job_overrides(wildcards)))
 
 
-REPORT_TABLES = ["main_miou", "main_fbiou", "ablation", "significance", "efficiency", "diagnostics"]
-REPORT_FIGURES = ["per_fold_miou", "class_iou_heatmap", "training_curves", "miou_vs_fps",
-                  "miou_vs_params", "paired_differences", "qualitative"]
+from fsseg.report.artefacts import ARTEFACTS  # the report's one declaration (tables, figures, captions)
 
 
 def report_outputs(tag):
-    out = []
-    for name in REPORT_TABLES:
-        out += [f"{REPORTS}/{tag}/tables/{name}.{ext}" for ext in ("md", "tex", "csv")]
-    for name in REPORT_FIGURES:
-        out += [f"{REPORTS}/{tag}/figures/{name}.{ext}" for ext in ("png", "pdf")]
-    return out
+    """Every file of a dataset's report: the artefacts fsseg.report.artefacts declares, in their formats."""
+    return [f"{REPORTS}/{tag}/{path}" for item in ARTEFACTS for path in item.files()]
 
 
 def all_report_targets():

@@ -1,0 +1,80 @@
+"""How a forward pass computes: fp32 (the reference) or bf16 autocast, and the memory layout (contiguous
+or channels-last) of the model's 4-D weights, hence of its activations.
+
+Training (``train.precision``, ``train.channels_last``), evaluation (``eval.*``) and backbone pretraining
+(``pretrain.*``) each choose; fp32 and contiguous are the defaults. bf16 autocast runs convolutions and
+matrix products in bfloat16 with fp32 accumulation (losses, norms and soft-max stay fp32); on a CPU with
+native bf16 (``avx512_bf16`` or ``amx_bf16``) and on a CUDA card that supports it this is faster, and
+scores move by a measured tolerance (``tests/test_learning.py`` bounds the class-mIoU change of bf16
+evaluation). The training settings are part of a run's identity; the evaluation settings are written
+into every ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fsseg.errors import ConfigError
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """Whether the CPU has a bf16 instruction set (``None`` when this cannot be read, e.g. not Linux)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    lines = text.splitlines()
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """A precision (``fp32`` or ``bf16``) and a memory layout for the forward passes of one job."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision: {self.precision!r} is not one of fp32, bf16")
+
+    def check(self, device: torch.device, key: str) -> str | None:
+        """Refuse bf16 on a CUDA card without it (naming ``key``); a note when a CPU would emulate it."""
+        if self.precision != "bf16":
+            return None
+        if device.type == "cuda":
+            if not torch.cuda.is_bf16_supported():
+                raise ConfigError(
+                    f"config.{key}: bf16 was asked for but {torch.cuda.get_device_name(device)} does not "
+                    "support it; use fp32"
+                )
+            return None
+        if device.type == "cpu" and cpu_has_native_bf16() is False:
+            return (
+                f"config.{key} is bf16 but this CPU has none of {', '.join(CPU_BF16_FLAGS)}: bf16 is "
+                "emulated there and slower than fp32"
+            )
+        return None
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The context a forward pass (and its loss) runs in."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def apply(self, module: nn.Module) -> nn.Module:
+        """``module`` with its 4-D weights laid out channels-last when asked for (in place)."""
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
+        return module
+
+    def describe(self) -> str:
+        return self.precision + (", channels-last" if self.channels_last else "")

@@ -1,0 +1,76 @@
+"""The episode loop's plumbing (fsseg/engine/infer.py, fsseg/data/decoded.py): prefetching, batched
+scoring and shared decoded files change no result."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsseg.data.decoded import DecodedImages
+from fsseg.engine.build import build_dataset
+from fsseg.engine.evaluate import evaluate_run
+from fsseg.engine.infer import predict_at_labels, prefetched
+from fsseg.engine.train import train
+from fsseg.records import read_records
+
+
+def test_prefetched_keeps_order_and_raises_where_the_source_failed():
+    assert list(prefetched(range(50), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("file 7 is corrupt")
+
+    got = []
+    with pytest.raises(ValueError, match="file 7 is corrupt"):
+        for item in prefetched(failing()):
+            got.append(item)
+    assert got == [1, 2]
+    # a consumer that stops early leaves no thread blocked on a full queue
+    for item in prefetched(range(1000), depth=1):
+        if item == 3:
+            break
+
+
+def test_batched_scoring_equals_one_episode_at_a_time():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 2, 16, 16)
+    sizes = [torch.Size((40, 40)), torch.Size((16, 16)), torch.Size((40, 40)), torch.Size((33, 21)),
+             torch.Size((40, 40))]
+    batched = predict_at_labels(logits, sizes)
+    for i, size in enumerate(sizes):
+        one = logits[i : i + 1]
+        if one.shape[-2:] != size:
+            one = F.interpolate(one, size=size, mode="bilinear", align_corners=False)
+        assert torch.equal(batched[i], one[0].argmax(dim=0)), i
+
+
+def test_decoded_images_read_each_file_once_and_forget_the_oldest(toy_config):
+    adapter = build_dataset(toy_config())
+    split = adapter.test_split
+    ids = adapter.image_ids(split)[:3]
+    images = DecodedImages(adapter)
+    first = images.load_image(split, ids[0])
+    assert np.array_equal(first, adapter.load_image(split, ids[0]))
+    assert images.load_image(split, ids[0]) is first and (images.hits, images.misses) == (1, 1)
+    with pytest.raises(ValueError):
+        first[0, 0, 0] = 1  # shared between episodes: read-only
+    assert np.array_equal(images.load_mask(split, ids[0]), adapter.load_mask(split, ids[0]))
+    small = DecodedImages(adapter, max_bytes=first.nbytes)  # room for about one image
+    for image_id in ids:
+        small.load_image(split, image_id)
+    assert small.misses == 3 and len(small._items) == 1
+
+
+def test_one_process_evaluations_write_what_separate_ones_do(toy_config, tmp_path):
+    """evaluate_run (shared decoded files, prefetching) against one evaluate_run per shot."""
+    cfg = toy_config("train.iterations=2")
+    train(cfg)
+    together = evaluate_run(cfg, shots=[1, 2], episode_seeds=[0], diagnose_shots=[1])
+    rows = {out.name: read_records(out / "records.csv") for out in together}
+    diagnostics = (together[0] / "diagnostics.json").read_text()
+    for shot in (1, 2):
+        (out,) = evaluate_run(cfg, shots=[shot], episode_seeds=[0], diagnose_shots=[1] if shot == 1 else [])
+        assert read_records(out / "records.csv") == rows[out.name]
+    assert (together[0] / "diagnostics.json").read_text() == diagnostics
