@@ -42,7 +42,7 @@ def build_method(cfg: ExperimentConfig) -> FewShotMethod:
 
 def effective_recipe(cfg: ExperimentConfig) -> TrainRecipe:
     """The named recipe (the method's or the benchmark's) with every non-null ``train.*`` override applied."""
-    recipe = METHODS.get(cfg.method.name).recipe(cfg.train.recipe, cfg.train.recipe_file)
+    recipe = METHODS.declaration(cfg.method.name).recipe(cfg.train.recipe, cfg.train.recipe_file)
     overrides = {
         f.name: getattr(cfg.train, f.name)
         for f in dataclasses.fields(TrainRecipe)
