@@ -35,7 +35,8 @@ from fsseg import paths
 from fsseg.atomic import write_bytes, write_json, write_text
 from fsseg.config import read_yaml
 from fsseg.errors import DataError, FssegError
-from fsseg.records import EVALUATION_KEYS, RECORD_COLUMNS
+from fsseg.keys import BY_NAME, EVAL_KEY, SORT_ORDER, TEXT_COLUMNS
+from fsseg.records import EVALUATION_KEYS, RECORD_COLUMNS, SUMMARY_KEYS
 
 EVALUATIONS_FILE = "evaluations.csv"
 RECORDS_FILE = "records.csv.gz"
@@ -60,20 +61,9 @@ EVALUATION_COLUMNS = (
     "eval_dir",
     "run_dir",
 )
-#: Columns that name one evaluation; two folders with the same values are the same evaluation twice.
-EVALUATION_KEY = (
-    "dataset",
-    "method",
-    "variant",
-    "backbone",
-    "train_shot",
-    "shot",
-    "fold",
-    "train_seed",
-    "episode_seed",
-)
-#: Record columns that must hold the same value as the folder's summary.
-_RECORD_IDENTITY = ("run_id", "method", "variant", "dataset", "fold", "shot", "train_seed", "episode_seed")
+#: Columns that name one evaluation, in the order rows are sorted; two folders with the same values are the
+#: same evaluation twice.
+EVALUATION_KEY = SORT_ORDER
 _MAX_LISTED = 6
 
 
@@ -230,15 +220,7 @@ class Evaluation:
         run_dir = str(eval_dir.parent.parent) if eval_dir.parent.name == "eval" else ""
         return {
             "run_id": s["run_id"],
-            "method": s["method"],
-            "variant": s["variant"],
-            "backbone": cfg["backbone"]["name"],
-            "dataset": s["dataset"],
-            "fold": int(s["fold"]),
-            "train_shot": int(s["train_shot"]),
-            "shot": int(s["shot"]),
-            "train_seed": int(s["train_seed"]),
-            "episode_seed": int(s["episode_seed"]),
+            **{name: _key_value(name, s, cfg) for name in EVAL_KEY},
             "n_episodes": int(s["metrics"]["n_episodes"]),
             "manifest_hash": s["manifest_hash"],
             "miou": s["metrics"]["miou"],
@@ -255,6 +237,17 @@ class Evaluation:
     def sort_key(self) -> tuple:
         row = self.row()
         return (*(row[c] for c in EVALUATION_KEY), row["n_episodes"], self.folder)
+
+
+def _key_value(name: str, summary: dict[str, Any], config: dict[str, Any]) -> Any:
+    """A key field of an evaluation folder: from its summary, else (the backbone) from its config.yaml."""
+    field = BY_NAME[name]
+    if name in summary:
+        return field.parse(summary[name])
+    value: Any = config
+    for part in field.source.split("."):
+        value = value[part]
+    return field.parse(value)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -300,7 +293,7 @@ def read_evaluation(folder: str | Path) -> Evaluation:
     reader = csv.DictReader(io.StringIO("\n".join(lines)))
     names: dict[int, str] = {}
     for row in reader:
-        for column in _RECORD_IDENTITY:
+        for column in SUMMARY_KEYS:
             if str(row[column]) != str(summary[column]):
                 raise DataError(
                     f"{records_path}: column {column} holds {row[column]!r} but the summary says "
@@ -444,7 +437,7 @@ def load_aggregate(folder: str | Path) -> Aggregate:
     for name in (EVALUATIONS_FILE, RECORDS_FILE, PROTOCOL_FILE):
         if not (folder / name).is_file():
             raise DataError(f"{folder / name} does not exist; run `fsseg aggregate --out {folder}` first")
-    text_columns = {"run_id": str, "method": str, "variant": str, "backbone": str, "dataset": str}
+    text_columns = {"run_id": str, **dict.fromkeys(TEXT_COLUMNS, str)}
     evaluations = pd.read_csv(
         folder / EVALUATIONS_FILE,
         dtype={**text_columns, "manifest_hash": str, "eval_dir": str, "run_dir": str, "device": str},

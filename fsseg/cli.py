@@ -220,7 +220,7 @@ def cmd_list(args: argparse.Namespace) -> None:
     books = {str(path): read_recipe_file(path, METHODS.names()) for path in files}
     print("methods:")
     for name in METHODS.names():
-        cls = METHODS.get(name)
+        cls = METHODS.declaration(name)
         recipes = [f"{recipe} (method)" for recipe in cls.recipes]
         recipes += [f"{r} ({path})" for path, book in books.items() for r, per in book.items() if name in per]
         trained = f"recipes {', '.join(recipes) or 'none'}" if cls.needs_training else "nothing to train"

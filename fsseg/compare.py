@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fsseg.errors import DataError, FssegError
+from fsseg.keys import INT_COLUMNS, TEXT_COLUMNS
 from fsseg.metrics import COUNT_COLUMNS
 from fsseg.stats import METRIC_NAMES, REQUIRED_COLUMNS, Metric, PairedComparison, compare_records
 
@@ -28,26 +29,8 @@ RECORDS_FILE = "records.csv"
 SUMMARY_FILE = "summary.json"
 FORMATS = ("table", "csv", "json")
 _GLOB_CHARS = frozenset("*?[")
-_INT_COLUMNS = (
-    "fold",
-    "train_shot",
-    "shot",
-    "train_seed",
-    "episode_seed",
-    "episode_id",
-    "class_id",
-    *COUNT_COLUMNS,
-)
-_TEXT_COLUMNS = (
-    "run_id",
-    "method",
-    "variant",
-    "backbone",
-    "dataset",
-    "manifest_hash",
-    "class_name",
-    "query_id",
-)
+_INT_COLUMNS = (*INT_COLUMNS, "episode_id", "class_id", *COUNT_COLUMNS)
+_TEXT_COLUMNS = ("run_id", *TEXT_COLUMNS, "manifest_hash", "class_name", "query_id")
 
 
 def find_record_files(spec: str) -> list[Path]:

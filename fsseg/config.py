@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from fsseg import paths
+from fsseg import keys, paths
 from fsseg.errors import ConfigError
 from fsseg.schema import from_dict, opt, to_dict
 from fsseg.yaml_strict import DuplicateKeyError, load_unique
@@ -273,24 +274,7 @@ class ExperimentConfig:
         )
 
     def _path_fields(self) -> dict[str, Any]:
-        return {
-            "output_root": self.output_root,
-            "dataset": self.dataset_tag,
-            "method": self.method.name,
-            "variant": self.method.variant,
-            "backbone": self.backbone.name,
-            "fold": self.fold,
-            "train_shot": self.train.shot,
-            "train_seed": self.train.train_seed,
-            "shot": self.eval.shot,
-            "episode_seed": self.eval.episode_seed,
-            "n_episodes": self.eval.n_episodes,
-            "split": self.eval.split,
-            "min_object_px": self.dataset.min_object_px,
-            "pretrain_seed": self.pretrain.seed,
-            "base_learner_seed": self.base_learner.seed,
-            "pretrain_scope": self.pretrain_scope,
-        }
+        return keys.path_values(self)
 
     @property
     def pretrain_scope(self) -> str:
@@ -372,6 +356,12 @@ def parse_override(text: str) -> dict[str, Any]:
     return nested
 
 
+def override_arguments(overrides: list[str]) -> str:
+    """``key=value`` overrides as the (quoted) shell arguments ``--set key=value ...`` of an fsseg command,
+    the form :func:`parse_override` reads back."""
+    return " ".join(f"--set {shlex.quote(text)}" for text in overrides)
+
+
 def compose(
     files: list[str | Path] = (), overrides: list[str] = (), base: dict | None = None
 ) -> dict[str, Any]:
@@ -423,9 +413,9 @@ def resolve_method_and_dataset(cfg: ExperimentConfig) -> None:
     """Validate the method/dataset-specific sections and fill in their defaults (in place)."""
     from fsseg.registry import DATASETS, METHODS
 
-    method_cls = METHODS.get(cfg.method.name)
-    cfg.method.params = to_dict(method_cls.resolve_params(cfg.method.variant, cfg.method.params))
-    method_cls.recipe(cfg.train.recipe, cfg.train.recipe_file)  # raises on an unknown recipe name
+    method = METHODS.declaration(cfg.method.name)  # torch-free: the network is not imported
+    cfg.method.params = to_dict(method.resolve_params(cfg.method.variant, cfg.method.params))
+    method.recipe(cfg.train.recipe, cfg.train.recipe_file)  # raises on an unknown recipe name
     dataset_cls = DATASETS.get(cfg.dataset.name)
     cfg.dataset.options = to_dict(
         from_dict(dataset_cls.Options, cfg.dataset.options, "config.dataset.options")

@@ -1,7 +1,9 @@
 """The contract between the harness and a few-shot segmentation method.
 
 A method is an ``nn.Module`` subclass of :class:`FewShotMethod`, registered with
-``@METHODS.register("name")`` in its own package under ``methods/``. It declares
+``@METHODS.register("name")`` in its own package under ``methods/``. Its torch-free declaration
+(:class:`~fsseg.declaration.MethodDeclaration`, in the package's ``declaration`` module, registered with
+``@METHODS.declare("name")``) states
 
 * ``Params``: a dataclass of its hyper-parameters and ablation switches (validated from config);
 * ``variants``: named parameter sets (ablations), ``"default"`` always present;
@@ -9,8 +11,9 @@ A method is an ``nn.Module`` subclass of :class:`FewShotMethod`, registered with
   recipes, e.g. the synthetic benchmark's CPU recipes, live in its recipe file: ``fsseg.recipes``);
 * ``needs_training``: ``False`` for a method that learns nothing (it then needs no recipe);
 
-and implements ``forward`` (episode batch → dict with ``"logits"`` [B, 2, H, W] at input size, plus
-anything its loss needs) and ``loss``. Everything else (episodes, image size, metrics, seeds,
+and the network class, which lists the declaration first among its bases, implements ``forward``
+(episode batch → dict with ``"logits"`` [B, 2, H, W] at input size, plus anything its loss needs) and
+``loss``. Everything else (episodes, image size, metrics, seeds,
 checkpoints, output paths) belongs to the harness.
 """
 
@@ -19,22 +22,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
+from fsseg.declaration import MethodDeclaration, NoParams
 from fsseg.errors import ConfigError
-from fsseg.recipes import TrainRecipe, resolve_recipe
-from fsseg.registry import METHODS
-from fsseg.schema import from_dict, opt
+from fsseg.recipes import TrainRecipe
+from fsseg.schema import opt
 
-__all__ = ["BackboneSpec", "Batch", "FewShotMethod", "NoParams", "TrainRecipe"]
-
-
-@dataclass
-class NoParams:
-    """For methods without hyper-parameters."""
+__all__ = ["BackboneSpec", "Batch", "FewShotMethod", "MethodDeclaration", "NoParams", "TrainRecipe"]
 
 
 @dataclass
@@ -56,27 +54,9 @@ Batch = dict[str, torch.Tensor]
 ``support_masks`` [B,K,H,W] long (same coding), ``class_id`` [B] long."""
 
 
-class FewShotMethod(nn.Module):
-    """Base class of every method. Subclasses set the class attributes and implement the two hooks."""
-
-    Params: ClassVar[type] = NoParams
-    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
-    recipes: ClassVar[dict[str, TrainRecipe]] = {}
-    """The recipes the method's paper prescribes (``"official"``); none for a method without a paper."""
-    needs_training: ClassVar[bool] = True
-    """``False`` for a method that learns nothing: it declares no recipe and trains for zero iterations."""
-    trains_backbone: ClassVar[bool] = True
-    """Whether the method's paper fine-tunes the backbone (PANet) or keeps it frozen (PFENet)."""
-    probes: ClassVar[dict[str, str]] = {}
-    """Inference-time probes the diagnostics run (name → what it switches off), e.g. ``{"prior_off":
-    "the prior map is replaced by zeros"}``. Inside ``with method.probe(name):`` the method's forward
-    honours ``self.active_probe == name``; the weights are untouched."""
-    has_base_learner: ClassVar[bool] = False
-    """Whether the method holds a *base learner* (BAM): a semantic-segmentation network of the fold's base
-    classes that the harness trains before the method (``fsseg base-learner``, cached per dataset, fold,
-    backbone and ``base_learner.seed``, shared by every variant and seed) and loads, frozen, into it. Such a
-    method implements :meth:`build_base_learner`."""
-    registry_name: ClassVar[str] = ""
+class FewShotMethod(MethodDeclaration, nn.Module):
+    """Base class of every method: its declaration (:class:`~fsseg.declaration.MethodDeclaration`, torch-free,
+    usually a class of the method's ``declaration`` module listed first among the bases) and the two hooks."""
 
     def __init__(self, params: Any, backbone: BackboneSpec) -> None:
         super().__init__()
@@ -95,25 +75,6 @@ class FewShotMethod(nn.Module):
             yield
         finally:
             self.active_probe = previous
-
-    # --- declared configuration -------------------------------------------------------------
-    @classmethod
-    def resolve_params(cls, variant: str, overrides: dict[str, Any] | None = None) -> Any:
-        """The variant's parameters with ``overrides`` applied, validated against ``Params``."""
-        if variant not in cls.variants:
-            known = ", ".join(sorted(cls.variants))
-            raise ConfigError(
-                f"config.method.variant: unknown variant {variant!r} of {cls.registry_name!r}; known: {known}"
-            )
-        merged = {**cls.variants[variant], **(overrides or {})}
-        return from_dict(cls.Params, merged, "config.method.params")
-
-    @classmethod
-    def recipe(cls, name: str, recipe_file: str | None = None) -> TrainRecipe:
-        """The recipe ``name``: declared by the method, else by the benchmark's ``recipe_file``."""
-        return resolve_recipe(
-            cls.registry_name, cls.recipes, cls.needs_training, name, recipe_file, METHODS.names()
-        )
 
     # --- hooks ---------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract

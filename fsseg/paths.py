@@ -1,16 +1,23 @@
 """Output path templates: the one definition shared by the harness and the Snakemake workflow.
 
-Each template is a ``str.format`` pattern whose fields are also the workflow's wildcard names, so
+Each template is a ``str.format`` pattern whose fields are the key and path fields of
+:mod:`fsseg.keys` (which holds the run and evaluation folders), also the workflow's wildcard names, so
 the workflow formats only the fixed parts and leaves ``{fold}``, ``{train_seed}`` … as wildcards.
 """
 
 from __future__ import annotations
 
-RUN_DIR = "{output_root}/{dataset}/{method}-{variant}/{backbone}/fold{fold}/shot{train_shot}/seed{train_seed}"
-"""Training outputs of one run (``fsseg train``)."""
+from fsseg.keys import EVAL_DIR, RUN_DIR
 
-EVAL_DIR = RUN_DIR + "/eval/shot{shot}_ep{episode_seed}_n{n_episodes}"
-"""Evaluation outputs of one run on one test manifest (``fsseg evaluate``)."""
+__all__ = [
+    "BASE_LEARNER",
+    "DIAGNOSTICS_FILE",
+    "EVAL_DIR",
+    "MANIFEST",
+    "PRETRAINED_BACKBONE",
+    "RUN_DIR",
+    "dataset_tag",
+]
 
 MANIFEST = (
     "{output_root}/manifests/{dataset}/fold{fold}_{split}_shot{shot}_ep{episode_seed}_n{n_episodes}"

@@ -3,7 +3,7 @@
 Two owners, two places:
 
 * a method declares what its paper prescribes, as ``recipes = {"official": TrainRecipe(...)}`` in its
-  class (``fsseg.method.FewShotMethod.recipes``);
+  torch-free declaration (``fsseg.declaration.MethodDeclaration.recipes``, which the network inherits);
 * a benchmark declares the recipes it runs the methods with (the synthetic benchmark's short CPU
   recipes) in a YAML file next to its configs, ``config/recipes/<benchmark>.yaml``, named by the
   experiment config's ``train.recipe_file``. Its form::

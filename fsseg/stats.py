@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from fsseg import keys
 from fsseg.errors import FssegError
+from fsseg.keys import EPISODE_KEY, MANIFEST, UNIT
 from fsseg.metrics import COUNT_COLUMNS, summarize
 
 Metric = Literal["miou", "fbiou"]
@@ -37,23 +39,18 @@ Scores = Sequence[float] | np.ndarray | pd.Series
 #: Printable names; FB-IoU is never called "mIoU".
 METRIC_NAMES: dict[str, str] = {"miou": "class mIoU", "fbiou": "FB-IoU"}
 
-UNIT = ("fold", "train_seed")
-MANIFEST = ("fold", "episode_seed")
-EPISODE_KEY = ("fold", "train_seed", "episode_seed", "episode_id")
 #: Columns the statistics need; the other record columns are optional here.
 REQUIRED_COLUMNS = (
     "dataset",
     "shot",
-    "fold",
-    "train_seed",
-    "episode_seed",
+    *dict.fromkeys((*UNIT, *MANIFEST)),
     "manifest_hash",
     "episode_id",
     "class_id",
     *COUNT_COLUMNS,
 )
 #: Columns that must hold a single value within one run when present.
-RUN_IDENTITY = ("method", "variant", "backbone", "dataset", "train_shot", "shot")
+RUN_IDENTITY = keys.RUN_IDENTITY
 #: With n pairs the smallest two-sided exact Wilcoxon p is 2 / 2**n: 0.0625 for n = 5, 0.03125 for n = 6.
 WILCOXON_MIN_PAIRS = 6
 

@@ -17,8 +17,7 @@ from fsseg.engine.train import train
 from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec
 from fsseg.registry import METHODS
-from fsseg_methods.bam import BAM
-from fsseg_methods.bam.model import gram_difference, normalised_gram
+from fsseg_methods.bam.model import BAM, gram_difference, normalised_gram
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 CPU_BACKBONE = BackboneSpec(name="resnet18", max_stage="layer3")  # the synthetic default's cut

@@ -10,8 +10,8 @@ import torch
 from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec
 from fsseg.registry import METHODS
-from fsseg_methods.dsmfnet import DSMFNet
-from fsseg_methods.pfenet import PFENet
+from fsseg_methods.dsmfnet.model import DSMFNet
+from fsseg_methods.pfenet.model import PFENet
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 

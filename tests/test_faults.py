@@ -423,7 +423,11 @@ CASES = [
     Case("nan-weights-finite-loss", nan_weights, 2, "diverged (iteration", no_model_written),
     Case("evaluate-nan-weights", nan_model_evaluated, 2, "non-finite weights", no_records_written),
     Case(
-        "evaluate-other-train-config", evaluate_other_config, 2, "differing keys: train.iterations, train.lr"
+        "evaluate-other-train-config",
+        evaluate_other_config,
+        2,
+        # the run identity holds the resolved recipe's values too (fsseg/engine/build.py training_identity)
+        "differing keys: recipe.iterations, recipe.lr, train.iterations, train.lr",
     ),
     Case("truncated-checkpoint", truncated_checkpoint, 2, "checkpoint.pt is unreadable"),
     Case("garbage-model-train", garbage_model_train, 2, "model.pt is unreadable"),

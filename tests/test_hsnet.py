@@ -16,7 +16,7 @@ from fsseg.method import BackboneSpec
 from fsseg.models.backbones import ResNetBackbone
 from fsseg.models.hypercorrelation import CenterPivotConv4d, cosine_correlation_4d
 from fsseg.registry import METHODS
-from fsseg_methods.hsnet import HSNet
+from fsseg_methods.hsnet.model import HSNet
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from fsseg.method import BackboneSpec
 from fsseg.models.ops import masked_average_pool
 from fsseg.registry import METHODS
-from fsseg_methods.colour_floor import ColourFloor
-from fsseg_methods.panet import PANet
+from fsseg_methods.colour_floor.model import ColourFloor
+from fsseg_methods.panet.model import PANet
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 SIZE = (32, 32)

@@ -8,7 +8,7 @@ import torch
 from fsseg.method import BackboneSpec
 from fsseg.models.prior import high_level_features
 from fsseg.registry import METHODS
-from fsseg_methods.pfenet import PFENet
+from fsseg_methods.pfenet.model import PFENet
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 

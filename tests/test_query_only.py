@@ -6,7 +6,7 @@ import torch
 
 from fsseg.method import BackboneSpec
 from fsseg.registry import METHODS
-from fsseg_methods.query_only import QueryOnly
+from fsseg_methods.query_only.model import QueryOnly
 from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
 
 

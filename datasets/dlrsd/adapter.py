@@ -280,6 +280,11 @@ class Dlrsd(DatasetAdapter):
 
     # --- prepare -----------------------------------------------------------------------------------
     @classmethod
+    def prepare_arguments(cls, dataset: Any) -> list[str]:
+        """``--variant`` is ``dataset.options.variant``; ``--out`` is ``dataset.root``."""
+        return ["--variant", str(dataset.options["variant"]), "--out", str(dataset.root)]
+
+    @classmethod
     def add_prepare_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--root",

@@ -266,6 +266,11 @@ class Isaid5i(DatasetAdapter):
 
     # --- prepare ---------------------------------------------------------------------------------
     @classmethod
+    def prepare_arguments(cls, dataset: Any) -> list[str]:
+        """``--out`` is ``dataset.root``."""
+        return ["--out", str(dataset.root)]
+
+    @classmethod
     def add_prepare_arguments(cls, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--root",

@@ -149,6 +149,11 @@ class SyntheticAerial(DatasetAdapter):
             print(f"synthetic: {total} images written to {root} in {elapsed:.1f} s", file=sys.stderr)
 
     @classmethod
+    def prepare_arguments(cls, dataset: Any) -> list[str]:
+        """``--root`` is ``dataset.root``; ``--image-size`` is ``dataset.image_size``."""
+        return ["--root", str(dataset.root), "--image-size", str(dataset.image_size)]
+
+    @classmethod
     def add_prepare_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Add the options of ``fsseg prepare synthetic``: where to write, and the generation parameters."""
         parser.add_argument(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fsseg.errors import DataError
 
@@ -26,6 +26,13 @@ class PrepareCommand:
     @classmethod
     def prepare_from_args(cls, args: argparse.Namespace) -> None:
         raise DataError(f"dataset {cls.registry_name!r} has no prepare step")
+
+    @classmethod
+    def prepare_arguments(cls, dataset: Any) -> list[str]:
+        """The ``fsseg prepare`` options an experiment config's ``dataset`` section fixes: where the prepared
+        dataset goes (``dataset.root``) and what else of it the config states. The workflow passes these, so
+        its ``prepare`` entry holds only the rest (where the release was unpacked, generation settings)."""
+        return []
 
     @classmethod
     def prepare_output(cls, args: argparse.Namespace) -> Path:

@@ -35,7 +35,7 @@ from fsseg.registry import METHODS
 
 
 def _require_base_learner(cfg: ExperimentConfig) -> None:
-    if not METHODS.get(cfg.method.name).has_base_learner:
+    if not METHODS.declaration(cfg.method.name).has_base_learner:
         raise ConfigError(f"config.method.name: method {cfg.method.name!r} has no base learner to train")
 
 

@@ -50,7 +50,7 @@ def fold_base_classes(cfg: ExperimentConfig) -> tuple[int, ...]:
 
 def effective_recipe(cfg: ExperimentConfig) -> TrainRecipe:
     """The named recipe (the method's or the benchmark's) with every non-null ``train.*`` override applied."""
-    recipe = METHODS.get(cfg.method.name).recipe(cfg.train.recipe, cfg.train.recipe_file)
+    recipe = METHODS.declaration(cfg.method.name).recipe(cfg.train.recipe, cfg.train.recipe_file)
     overrides = {
         f.name: getattr(cfg.train, f.name)
         for f in dataclasses.fields(TrainRecipe)
@@ -176,7 +176,7 @@ def training_identity(cfg: ExperimentConfig) -> dict[str, Any]:
     identity["recipe"] = recipe
     if cfg.backbone.weights == "fold_pretrained":  # the backbone file's weights come from these
         identity["pretrain"] = pretraining_identity(cfg)["pretrain"]
-    if METHODS.get(cfg.method.name).has_base_learner:  # so do the frozen base learner's
+    if METHODS.declaration(cfg.method.name).has_base_learner:  # so do the frozen base learner's
         identity["base_learner"] = base_learner_identity(cfg)
     return identity
 

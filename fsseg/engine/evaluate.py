@@ -29,7 +29,7 @@ from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
 from fsseg.metrics import summarize
 from fsseg.numerics import Numerics
-from fsseg.records import evaluation_identity, write_records
+from fsseg.records import evaluation_identity, summary_identity, write_records
 
 
 def ensure_manifest(
@@ -198,15 +198,7 @@ def _evaluate_locked(
     metrics = summarize(records, manifest.header["novel_classes"])
     metrics["class_iou_by_name"] = {adapter.class_name(int(c)): v for c, v in metrics["class_iou"].items()}
     summary = {
-        "run_id": rid,
-        "method": cfg.method.name,
-        "variant": cfg.method.variant,
-        "dataset": cfg.dataset.name,
-        "fold": cfg.fold,
-        "train_shot": cfg.train.shot,
-        "shot": cfg.eval.shot,
-        "train_seed": cfg.train.train_seed,
-        "episode_seed": cfg.eval.episode_seed,
+        **summary_identity(identity),
         "sampler": manifest.header.get("sampler", "balanced"),
         "n_test_episodes": len(records),
         "manifest_hash": manifest_hash,

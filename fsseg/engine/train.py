@@ -166,7 +166,7 @@ def _train_locked(
         check_finished_weights(run_dir / MODEL)
         print(f"fsseg: {run_dir} is already trained; nothing to do", file=sys.stderr)
         return run_dir
-    if METHODS.get(cfg.method.name).has_base_learner:
+    if METHODS.declaration(cfg.method.name).has_base_learner:
         check_base_learner_file(cfg)  # before the run folder is written
     adapter = build_dataset(cfg)
     sampler = TrainEpisodeSampler(

@@ -1,5 +1,5 @@
-"""BAM: base and meta learners with a Gram-weighted ensemble (Lang et al., CVPR 2022); registers ``bam``."""
+"""BAM: base and meta learners with a Gram-weighted ensemble (Lang et al., CVPR 2022); declares ``bam``."""
 
-from fsseg_methods.bam.model import BAM, BAMParams
+from fsseg_methods.bam.declaration import BAMDeclaration, BAMParams
 
-__all__ = ["BAM", "BAMParams"]
+__all__ = ["BAMDeclaration", "BAMParams"]

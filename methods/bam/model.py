@@ -17,14 +17,11 @@ What differs from the official code, and why: ``methods/bam/README.md``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
-
 import torch
 from torch import nn
 
 from fsseg.errors import ConfigError
-from fsseg.method import BackboneSpec, Batch, FewShotMethod, TrainRecipe
+from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.aspp import ASPP
 from fsseg.models.backbones import build_backbone
 from fsseg.models.heads import PROTOTYPE_EPS, classifier, conv_relu
@@ -32,79 +29,10 @@ from fsseg.models.ops import foreground, masked_average_pool, resize, segmentati
 from fsseg.models.prior import high_level_features, prior_stages, resize_mask, training_free_prior
 from fsseg.models.pspnet import PSPHead, PSPNet
 from fsseg.registry import METHODS
-from fsseg.schema import opt
+from fsseg_methods.bam.declaration import BAMDeclaration, BAMParams
 
 GRAM_EPS = 1e-7
 """Added to the product of the channel norms in the normalised Gram matrix (official ``:27-34``)."""
-
-
-@dataclass
-class BAMParams:
-    """Hyper-parameters of BAM; defaults are the official code's (PASCAL-5i / COCO-20i configs)."""
-
-    reduce_dim: int = opt(
-        256, help="channels of the reduced mid-level features and of the meta learner", ge=1
-    )
-    mid_stages: tuple[str, ...] = opt(
-        ("layer3", "layer2"), help="backbone stages concatenated into the mid-level features (official order)"
-    )
-    low_stage: str = opt("layer2", help="stage whose features give the Gram matrices (official low_fea)")
-    high_stage: str = opt(
-        "auto",
-        help="stage read by the prior and by the base learner; auto = the deepest stage the backbone keeps",
-    )
-    mask_before_high: bool = opt(
-        True, help="mask the support's features before the high stage, as the official code does"
-    )
-    dropout: float = opt(0.5, help="Dropout2d after the 1×1 reductions", ge=0.0, le=1.0)
-    aux_weight: float = opt(1.0, help="weight of the meta learner's own CE (official aux_weight1)", ge=0.0)
-    reweight_shots: int = opt(
-        0,
-        help="K of the learned K-shot re-weighting (official: the training shot when > 1, kshot_rw); "
-        "0 = none; episodes with another shot count weigh their shots equally",
-        ge=0,
-    )
-    reweight_dim: int = opt(
-        2, help="hidden width of the K-shot re-weighting (official kshot_trans_dim)", ge=1
-    )
-    fg_weight: float = opt(1.0, help="weight of foreground pixels in the CE losses (1 = official)", gt=0.0)
-
-    def validate(self, path: str) -> None:
-        if not self.mid_stages:
-            raise ConfigError(f"{path}.mid_stages: needs at least one stage")
-        if self.reweight_shots == 1:
-            raise ConfigError(f"{path}.reweight_shots: 1 has nothing to re-weight; use 0 or a K > 1")
-
-
-# 200 epochs of the filtered training list with a drop_last loader of 8 episodes (2 per GPU × 4 GPUs,
-# train.sh, config batch_size: 2); the harness resolves epochs to iterations from the data.
-_OFFICIAL_ITERATIONS = 200 * 1400
-
-RECIPES = {
-    "official": TrainRecipe(
-        optimizer="sgd",
-        lr=0.05,
-        momentum=0.9,
-        weight_decay=1e-4,
-        schedule="poly",
-        poly_power=0.9,
-        iterations=_OFFICIAL_ITERATIONS,
-        batch_size=8,
-        epochs=200,
-        augment="pfenet",
-        frozen_bn="eval",
-        description="BAM official meta-learner training (ResNet-50, 473 px): SGD momentum 0.9, wd 1e-4, poly "
-        "0.9, 8 episodes per step, 200 epochs of the fold's filtered training list (protocol B removes the "
-        "images holding novel classes); base_lr 0.005 in the config, but train.py's poly schedule with "
-        "index_split -1 multiplies every group by 10, so 0.05 is the rate used (what we set); PFENet's "
-        "augmentation; every BatchNorm frozen (fix_bn)",
-    ),
-}
-VARIANTS: dict[str, dict[str, Any]] = {"default": {}}
-PROBES = {
-    "meta_only": "the meta learner's prediction alone, without the ensemble with the base learner",
-    "base_off": "the base learner's base-class map replaced by zeros in the ensemble",
-}
 
 
 def normalised_gram(features: torch.Tensor, eps: float = GRAM_EPS) -> torch.Tensor:
@@ -135,15 +63,8 @@ def _mix(first: float = 1.0) -> nn.Conv2d:
 
 
 @METHODS.register("bam")
-class BAM(FewShotMethod):
+class BAM(BAMDeclaration, FewShotMethod):
     """Frozen PSPNet base learner + PFENet-like meta learner + Gram-weighted ensemble."""
-
-    Params = BAMParams
-    variants: ClassVar[dict[str, dict[str, Any]]] = VARIANTS
-    recipes: ClassVar[dict[str, TrainRecipe]] = RECIPES
-    trains_backbone = False
-    has_base_learner = True
-    probes: ClassVar[dict[str, str]] = PROBES
 
     def __init__(self, params: BAMParams, backbone: BackboneSpec) -> None:
         super().__init__(params, backbone)

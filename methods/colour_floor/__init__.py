@@ -1,5 +1,5 @@
-"""Colour-only prototype floor (registers itself as ``colour_floor``)."""
+"""Colour-only prototype floor (declares ``colour_floor``; the network registers itself from ``model.py``)."""
 
-from fsseg_methods.colour_floor.model import ColourFloor
+from fsseg_methods.colour_floor.declaration import ColourFloorDeclaration, ColourFloorParams
 
-__all__ = ["ColourFloor"]
+__all__ = ["ColourFloorDeclaration", "ColourFloorParams"]

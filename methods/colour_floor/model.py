@@ -5,8 +5,6 @@ Every report shows it so that a reader sees what colour alone achieves on a benc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
@@ -14,20 +12,11 @@ from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from fsseg.models.ops import background, cosine_map, foreground, masked_average_pool
 from fsseg.registry import METHODS
-from fsseg.schema import opt
-
-
-@dataclass
-class ColourFloorParams:
-    scale: float = opt(20.0, help="multiplier of the cosine similarity", gt=0)
+from fsseg_methods.colour_floor.declaration import ColourFloorDeclaration, ColourFloorParams
 
 
 @METHODS.register("colour_floor")
-class ColourFloor(FewShotMethod):
-    Params = ColourFloorParams
-    needs_training = False  # no parameters: any train.recipe is accepted and nothing is trained
-    trains_backbone = False
-
+class ColourFloor(ColourFloorDeclaration, FewShotMethod):
     def __init__(self, params: ColourFloorParams, backbone: BackboneSpec) -> None:
         super().__init__(params, backbone)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -1,5 +1,5 @@
-"""DSMF-Net: dual semantic metric learning fusion (Qi et al., IEEE JSTARS 2025); registers ``dsmfnet``."""
+"""DSMF-Net: dual semantic metric learning fusion (Qi et al., IEEE JSTARS 2025); declares ``dsmfnet``."""
 
-from fsseg_methods.dsmfnet.model import DSMFNet, DSMFNetParams
+from fsseg_methods.dsmfnet.declaration import DSMFNetDeclaration, DSMFNetParams
 
-__all__ = ["DSMFNet", "DSMFNetParams"]
+__all__ = ["DSMFNetDeclaration", "DSMFNetParams"]

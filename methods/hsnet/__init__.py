@@ -1,5 +1,5 @@
-"""HSNet: hypercorrelation squeeze (Min, Lee, Cho, ICCV 2021); registers ``hsnet``."""
+"""HSNet: hypercorrelation squeeze (Min, Lee, Cho, ICCV 2021); declares ``hsnet``."""
 
-from fsseg_methods.hsnet.model import HSNet, HSNetParams
+from fsseg_methods.hsnet.declaration import HSNetDeclaration, HSNetParams
 
-__all__ = ["HSNet", "HSNetParams"]
+__all__ = ["HSNetDeclaration", "HSNetParams"]

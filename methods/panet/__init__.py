@@ -1,5 +1,5 @@
-"""PANet baseline (registers itself as ``panet``)."""
+"""PANet baseline (declares ``panet``; the network registers itself from ``model.py`` when first built)."""
 
-from fsseg_methods.panet.model import PANet
+from fsseg_methods.panet.declaration import PANetDeclaration, PANetParams
 
-__all__ = ["PANet"]
+__all__ = ["PANetDeclaration", "PANetParams"]

@@ -8,52 +8,19 @@ gives query prototypes that must segment the supports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from fsseg import IGNORE_INDEX
-from fsseg.method import BackboneSpec, Batch, FewShotMethod, TrainRecipe
+from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.backbones import build_backbone
 from fsseg.models.ops import background, cosine_map, foreground, masked_average_pool
 from fsseg.registry import METHODS
-from fsseg.schema import opt
-
-
-@dataclass
-class PANetParams:
-    feature_stage: str = opt(
-        "auto", help="backbone stage used as features; auto = conv5 for VGG-16, layer3 for ResNets"
-    )
-    align: bool = opt(True, help="prototype alignment regularisation (PAR) during training")
-    align_weight: float = opt(1.0, help="weight of the PAR loss", ge=0)
-    scale: float = opt(20.0, help="multiplier of the cosine similarity (the paper's alpha)", gt=0)
-    eps: float = opt(1e-5, help="masked-average-pooling denominator epsilon", gt=0)
+from fsseg_methods.panet.declaration import PANetDeclaration, PANetParams
 
 
 @METHODS.register("panet")
-class PANet(FewShotMethod):
-    Params = PANetParams
-    variants = {"default": {}, "no_align": {"align": False}}
-    recipes = {
-        "official": TrainRecipe(
-            optimizer="sgd",
-            lr=1e-3,
-            momentum=0.9,
-            weight_decay=5e-4,
-            schedule="step",
-            lr_steps=(10_000, 20_000),
-            lr_gamma=0.1,
-            iterations=30_000,
-            batch_size=1,
-            augment="panet",
-            description="official PANet: SGD 1e-3, momentum 0.9, wd 5e-4, 30k steps, "
-            "×0.1 at 10k and 20k, batch 1; resize to the input + random mirror",
-        ),
-    }
-    trains_backbone = True
-
+class PANet(PANetDeclaration, FewShotMethod):
     def __init__(self, params: PANetParams, backbone: BackboneSpec) -> None:
         super().__init__(params, backbone)
         self.backbone = build_backbone(backbone)

@@ -1,5 +1,5 @@
-"""PFENet: prior-guided feature enrichment (Tian et al., TPAMI 2020); registers ``pfenet``."""
+"""PFENet: prior-guided feature enrichment (Tian et al., TPAMI 2020); declares ``pfenet``."""
 
-from fsseg_methods.pfenet.model import PFENet, PFENetParams
+from fsseg_methods.pfenet.declaration import PFENetDeclaration, PFENetParams
 
-__all__ = ["PFENet", "PFENetParams"]
+__all__ = ["PFENetDeclaration", "PFENetParams"]

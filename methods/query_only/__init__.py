@@ -1,5 +1,5 @@
-"""A support-blind control (registers ``query_only``): segments the query without reading its support."""
+"""A support-blind control (declares ``query_only``): segments the query without reading its support."""
 
-from fsseg_methods.query_only.model import QueryOnly, QueryOnlyParams
+from fsseg_methods.query_only.declaration import QueryOnlyDeclaration, QueryOnlyParams
 
-__all__ = ["QueryOnly", "QueryOnlyParams"]
+__all__ = ["QueryOnlyDeclaration", "QueryOnlyParams"]

@@ -9,8 +9,6 @@ method whose score is not clearly above it, or drops as little under a swap, is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -18,31 +16,12 @@ from fsseg.method import BackboneSpec, Batch, FewShotMethod
 from fsseg.models.backbones import build_backbone
 from fsseg.models.ops import deep_supervision_loss, resize
 from fsseg.registry import METHODS
-from fsseg.schema import opt
-
-
-@dataclass
-class QueryOnlyParams:
-    """The head's size and the stages it reads (PFENet's mid-level stages by default)."""
-
-    dim: int = opt(64, help="channels of the head", ge=1)
-    stages: tuple[str, ...] = opt(("layer3", "layer2"), help="backbone stages concatenated as the features")
-    fg_weight: float = opt(
-        3.0,
-        help="weight of foreground pixels in the CE loss; 3, as the default grid gives PFENet and DSMF-Net "
-        "(at 1 the head stays under 0.5 on small objects and predicts nothing: class mIoU 0.0)",
-        gt=0.0,
-    )
+from fsseg_methods.query_only.declaration import QueryOnlyDeclaration, QueryOnlyParams
 
 
 @METHODS.register("query_only")
-class QueryOnly(FewShotMethod):
+class QueryOnly(QueryOnlyDeclaration, FewShotMethod):
     """Frozen backbone → 1×1 reduction → two 3×3 conv blocks → 2-class logits; no support input."""
-
-    Params = QueryOnlyParams
-    # A control has no paper, so no official recipe: it runs where a benchmark's recipe file gives it one
-    # (config/recipes/synthetic.yaml trains it as DSMF-Net's head).
-    trains_backbone = False
 
     def __init__(self, params: QueryOnlyParams, backbone: BackboneSpec) -> None:
         super().__init__(params, backbone)

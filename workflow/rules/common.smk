@@ -1,12 +1,16 @@
-# Shared helpers of the workflow: the grid, the path templates (from fsseg.paths, the one definition
-# the harness also uses), the fsseg --set arguments of each job, and the target lists.
+# Shared helpers of the workflow: the grid, the path templates and key fields (from fsseg.paths and
+# fsseg.keys, the one definition the harness also uses), each job's config overrides (built from the key
+# fields of its output path), the cross-checks of workflow and experiment configs, and the target lists.
+# Planning imports no torch: experiment configs are validated against the methods' torch-free
+# declarations.
 import re
 import shlex
 from pathlib import Path
 
-from fsseg import paths
-from fsseg.config import load_config
-from fsseg.registry import METHODS
+from fsseg import keys, paths
+from fsseg.config import load_config, override_arguments
+from fsseg.errors import ConfigError
+from fsseg.registry import DATASETS, METHODS
 
 RESULTS = config.get("results", "results")
 REPORTS = config.get("reports", "reports")
@@ -23,19 +27,7 @@ QUALITATIVE = config.get("qualitative", {}) or {}
 
 
 wildcard_constraints:
-    dataset=r"[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*",
-    method=r"[a-z0-9_]+",
-    variant=r"[a-z0-9_]+",
-    backbone=r"[a-z0-9_]+",
-    fold=r"\d+",
-    train_shot=r"\d+",
-    train_seed=r"\d+",
-    shot=r"\d+",
-    episode_seed=r"\d+",
-    n_episodes=r"\d+|all",
-    pretrain_seed=r"\d+",
-    base_learner_seed=r"\d+",
-    pretrain_scope=r"fold\d+|auxiliary",
+    **keys.wildcard_constraints(),
 
 
 def _load_experiments():
@@ -53,8 +45,12 @@ def _load_experiments():
                 f"config datasets.{tag}: output_root of {entry['experiment']} is {cfg.output_root!r}, "
                 f"the workflow's results folder is {RESULTS!r}; make them equal"
             )
-        # the grid's episode count must fit the experiment's sampler / protocol (e.g. 'all' for protocol H)
-        load_config([entry["experiment"]], [f"eval.n_episodes={GRID['n_episodes']}"])
+        if str(cfg.eval.n_episodes) != str(GRID["n_episodes"]):
+            raise ValueError(
+                f"config grid.n_episodes is {GRID['n_episodes']!r} but eval.n_episodes of "
+                f"{entry['experiment']} (dataset {tag}) is {cfg.eval.n_episodes!r}: the tables' captions "
+                "state the experiment's value; make them equal"
+            )
         if entry.get("pretrain_backbone") != (cfg.backbone.weights == "fold_pretrained"):
             raise ValueError(
                 f"config datasets.{tag}: pretrain_backbone must be true exactly when the experiment's "
@@ -64,21 +60,36 @@ def _load_experiments():
     return experiments
 
 
+EXPERIMENTS = _load_experiments()
+
+
+def method_config(tag, method, variant="default"):
+    """The experiment config of a method variant on a dataset (its method overrides applied), validated
+    through fsseg's own config API: an unknown method, variant or override fails the plan."""
+    key = (tag, method, variant)
+    if key not in _METHOD_CONFIGS:
+        overrides = keys.set_overrides({"method": method, "variant": variant})
+        overrides += METHOD_OVERRIDES.get(method, [])
+        try:
+            _METHOD_CONFIGS[key] = load_config([config["datasets"][tag]["experiment"]], overrides)
+        except ConfigError as err:
+            raise ValueError(f"config: method {method!r} variant {variant!r} on dataset {tag}: {err}") from None
+    return _METHOD_CONFIGS[key]
+
+
+_METHOD_CONFIGS = {}
+
+
 def _check_methods():
     declared = {(m, v) for m, variants in GRID["methods"].items() for v in variants}
     declared |= {(FLAGSHIP["method"], v) for v in ABLATIONS.get("variants", [])}
     declared.add((FLAGSHIP["method"], FLAGSHIP["variant"]))
-    for method, variant in sorted(declared):
-        cls = METHODS.get(method)  # unknown names list the known ones
-        if variant not in cls.variants:
-            raise ValueError(
-                f"config: method {method!r} has no variant {variant!r}; known: {', '.join(cls.variants)}"
-            )
-    for method in METHOD_OVERRIDES:
-        METHODS.get(method)
+    declared |= {(m, "default") for m in METHOD_OVERRIDES}
+    for tag in config["datasets"]:
+        for method, variant in sorted(declared):
+            method_config(tag, method, variant)
 
 
-EXPERIMENTS = _load_experiments()
 _check_methods()
 
 
@@ -119,45 +130,40 @@ def runs(tag):
     return sorted(set(out))
 
 
-_BACKBONES = {}
-
-
 def backbone_of(tag, method):
     """The backbone a method runs with on a dataset (a method override may change it, e.g. PANet's VGG-16)."""
-    if (tag, method) not in _BACKBONES:
-        overrides = [f"method.name={method}", *METHOD_OVERRIDES.get(method, [])]
-        cfg = load_config([config["datasets"][tag]["experiment"]], overrides)
-        _BACKBONES[(tag, method)] = cfg.backbone.name
-    return _BACKBONES[(tag, method)]
+    return method_config(tag, method).backbone.name
+
+
+def _wildcard(name):
+    return "{" + name + "}"
+
+
+def _dataset_path_fields(tag):
+    """Path fields of a dataset's jobs: the experiment's (results folder, dataset tag, split ...), the grid's
+    episode count, every other key field a wildcard. Computed once per dataset (the plan asks ~10^4 times)."""
+    if tag not in _DATASET_PATH_FIELDS:
+        fields = keys.path_values(EXPERIMENTS[tag])
+        fields.update({name: _wildcard(name) for name in keys.EVAL_KEY if name != "dataset"})
+        fields.update(n_episodes=GRID["n_episodes"], pretrain_scope=_wildcard("pretrain_scope"))
+        _DATASET_PATH_FIELDS[tag] = fields
+    return _DATASET_PATH_FIELDS[tag]
+
+
+_DATASET_PATH_FIELDS = {}
 
 
 def path_fields(tag, **fixed):
-    """Fixed parts of a path template for a dataset; every other field stays a wildcard."""
-    cfg = EXPERIMENTS[tag]
-    fields = {
-        "output_root": RESULTS,
-        "dataset": tag,
-        "backbone": "{backbone}",
-        "split": cfg.eval.split,
-        "min_object_px": cfg.dataset.min_object_px,
-        "pretrain_seed": cfg.pretrain.seed,
-        "base_learner_seed": cfg.base_learner.seed,
-        "n_episodes": GRID["n_episodes"],
-    }
-    for name in ("method", "variant", "fold", "train_shot", "train_seed", "shot", "episode_seed"):
-        fields[name] = "{" + name + "}"
-    fields.update(fixed)
-    if "backbone" not in fixed and not fields["method"].startswith("{"):
+    """Fixed parts of a path template for a dataset; every other key field stays a wildcard."""
+    fields = {**_dataset_path_fields(tag), **fixed}
+    if "backbone" not in fixed and not str(fields["method"]).startswith("{"):
         fields["backbone"] = backbone_of(tag, fields["method"])
     return fields
 
 
 def wildcard_pattern(template):
-    """A template with every field a wildcard (the form rules declare as outputs)."""
-    names = ["output_root", "dataset", "method", "variant", "backbone", "fold", "train_shot",
-             "train_seed", "shot", "episode_seed", "n_episodes", "split", "min_object_px",
-             "pretrain_seed", "pretrain_scope", "base_learner_seed"]
-    fields = {n: "{" + n + "}" for n in names}
+    """A template with every field a wildcard but the results folder (the form rules declare as outputs)."""
+    fields = {f.name: _wildcard(f.name) for f in keys.FIELDS}
     fields["output_root"] = RESULTS
     return template.format(**fields)
 
@@ -177,31 +183,25 @@ def experiment_file(wildcards):
     return config["datasets"][wildcards.dataset]["experiment"]
 
 
-def _sets(pairs):
-    return " ".join(f"--set {shlex.quote(f'{k}={v}')}" for k, v in pairs)
-
-
-def _method_sets(wildcards):
-    pairs = [("method.name", wildcards.method), ("method.variant", wildcards.variant)]
-    pairs += [tuple(item.split("=", 1)) for item in METHOD_OVERRIDES.get(wildcards.method, [])]
-    return pairs
+def job_overrides(wildcards, **values):
+    """A job's config overrides: the grid axes among its output path's key fields (its wildcards, and
+    ``values`` for a job whose output names fewer), then its method's overrides."""
+    fields = {**{k: v for k, v in wildcards.items() if k in keys.BY_NAME}, **values}
+    method_overrides = METHOD_OVERRIDES.get(fields["method"], []) if "method" in fields else []
+    return [*keys.set_overrides(fields), *method_overrides]
 
 
 def train_args(wildcards):
-    pairs = [("fold", wildcards.fold), ("train.shot", wildcards.train_shot),
-             ("train.train_seed", wildcards.train_seed)]
-    return _sets(pairs + _method_sets(wildcards))
+    return override_arguments(job_overrides(wildcards))
 
 
 def eval_args(wildcards):
     """One process evaluates the run at every test shot and episode seed (and diagnoses DIAGNOSE_SHOTS)."""
-    pairs = [("fold", wildcards.fold), ("train.shot", wildcards.train_shot),
-             ("train.train_seed", wildcards.train_seed), ("eval.n_episodes", wildcards.n_episodes)]
     shots = " ".join(map(str, GRID["test_shots"]))
     seeds = " ".join(map(str, GRID["episode_seeds"]))
     diagnose = " ".join(map(str, DIAGNOSE_SHOTS))
     return (f"--shots {shots} --episode-seeds {seeds} --diagnose-shots {diagnose} "
-            + _sets(pairs + _method_sets(wildcards)))
+            + override_arguments(job_overrides(wildcards)))
 
 
 DIAGNOSE_SHOTS = [s for s in DIAGNOSTICS.get("shots", [GRID["test_shots"][0]]) if s in GRID["test_shots"]]
@@ -228,15 +228,15 @@ def run_manifests(wildcards):
 
 
 def manifest_args(wildcards):
-    pairs = [("fold", wildcards.fold), ("eval.shot", wildcards.shot),
-             ("eval.episode_seed", wildcards.episode_seed), ("eval.n_episodes", wildcards.n_episodes)]
-    return _sets(pairs)
+    return override_arguments(job_overrides(wildcards))
 
 
 def pretrain_args(wildcards):
-    """The fold of a base-class backbone; an auxiliary one (shared by every fold) needs none."""
+    """The backbone and its seed; the fold of a base-class backbone (an auxiliary one, shared by every
+    fold, needs none)."""
     scope = wildcards.pretrain_scope
-    return _sets([("fold", scope[len("fold"):])]) if scope.startswith("fold") else ""
+    fold = {"fold": scope[len("fold"):]} if scope.startswith("fold") else {}
+    return override_arguments(job_overrides(wildcards, **fold))
 
 
 def pretrain_scope(tag, fold):
@@ -247,8 +247,27 @@ PREPARED_ROOTS = {str(Path(cfg.dataset.root)): tag for tag, cfg in EXPERIMENTS.i
 PREPARED_ROOT_PATTERN = "|".join(re.escape(root) for root in sorted(PREPARED_ROOTS))
 
 
+def _prepare_command(tag):
+    """``fsseg prepare`` arguments of a dataset: its name and the options its experiment config fixes (the
+    output folder, image size, variant ...), then the workflow config's own ``prepare`` arguments."""
+    dataset = EXPERIMENTS[tag].dataset
+    derived = DATASETS.get(dataset.name).prepare_arguments(dataset)
+    extra = shlex.split(config["datasets"][tag].get("prepare", ""))
+    fixed = {arg for arg in derived if arg.startswith("--")}
+    repeated = sorted({arg.split("=", 1)[0] for arg in extra} & fixed)
+    if repeated:
+        raise ValueError(
+            f"config datasets.{tag}.prepare: {', '.join(repeated)} come(s) from the experiment config "
+            f"{config['datasets'][tag]['experiment']} (dataset.*); remove it from prepare"
+        )
+    return shlex.join([dataset.name, *derived, *extra])
+
+
+PREPARE_COMMANDS = {tag: _prepare_command(tag) for tag in EXPERIMENTS}
+
+
 def prepare_args(wildcards):
-    return config["datasets"][PREPARED_ROOTS[wildcards.prepared_root]]["prepare"]
+    return PREPARE_COMMANDS[PREPARED_ROOTS[wildcards.prepared_root]]
 
 
 def prepared_input(wildcards):
@@ -266,7 +285,7 @@ def backbone_input(wildcards):
 def base_learner_input(wildcards):
     """The method's base learner of the fold (one file for every variant, shot and seed) when the method
     declares one (BAM), else nothing."""
-    if not METHODS.get(wildcards.method).has_base_learner:
+    if not METHODS.declaration(wildcards.method).has_base_learner:
         return []
     return BASE_LEARNER.format(**path_fields(wildcards.dataset, method=wildcards.method, fold=wildcards.fold,
                                              backbone=wildcards.backbone))
@@ -274,21 +293,24 @@ def base_learner_input(wildcards):
 
 def base_learner_args(wildcards):
     """The fold and the method; its method_overrides too, so the method is built as its runs build it."""
-    pairs = [("fold", wildcards.fold), ("method.name", wildcards.method)]
-    pairs += [tuple(item.split("=", 1)) for item in METHOD_OVERRIDES.get(wildcards.method, [])]
-    return _sets(pairs)
+    return override_arguments(job_overrides(wildcards))
 
 
 def eval_dirs(tag):
-    """Every evaluation folder of the grid of one dataset."""
-    out = []
-    for method, variant, fold, train_shot, seed, shots in runs(tag):
-        for shot in shots:
-            for episode_seed in GRID["episode_seeds"]:
-                out.append(EVAL_DIR.format(**path_fields(
-                    tag, method=method, variant=variant, fold=fold, train_shot=train_shot,
-                    train_seed=seed, shot=shot, episode_seed=episode_seed)))
-    return out
+    """Every evaluation folder of the grid of one dataset (computed once: the aggregate and rule all ask)."""
+    if tag not in _EVAL_DIRS:
+        out = []
+        for method, variant, fold, train_shot, seed, shots in runs(tag):
+            for shot in shots:
+                for episode_seed in GRID["episode_seeds"]:
+                    out.append(EVAL_DIR.format(**path_fields(
+                        tag, method=method, variant=variant, fold=fold, train_shot=train_shot,
+                        train_seed=seed, shot=shot, episode_seed=episode_seed)))
+        _EVAL_DIRS[tag] = out
+    return list(_EVAL_DIRS[tag])
+
+
+_EVAL_DIRS = {}
 
 
 def eval_summaries(wildcards):
@@ -312,20 +334,20 @@ def prediction_files(wildcards):
     return [f"{RESULTS}/{tag}/qualitative/{m}-{v}.npz" for m, v in sorted(keep & main)]
 
 
-def qualitative_args(wildcards):
+def qualitative_key(wildcards):
+    """The key fields of the evaluation the qualitative figure shows (config qualitative.*)."""
     q = QUALITATIVE
-    pairs = [("fold", q.get("fold", 0)), ("train.shot", GRID["train_shots"][0]),
-             ("train.train_seed", q.get("train_seed", 0)), ("eval.shot", q.get("shot", 1)),
-             ("eval.episode_seed", q.get("episode_seed", 0)), ("eval.n_episodes", GRID["n_episodes"])]
-    return _sets(pairs + _method_sets(wildcards))
+    return {"fold": q.get("fold", 0), "train_shot": GRID["train_shots"][0], "train_seed": q.get("train_seed", 0),
+            "shot": q.get("shot", 1), "episode_seed": q.get("episode_seed", 0), "n_episodes": GRID["n_episodes"]}
+
+
+def qualitative_args(wildcards):
+    return override_arguments(job_overrides(wildcards, **qualitative_key(wildcards)))
 
 
 def qualitative_inputs(wildcards):
-    q = QUALITATIVE
     fields = path_fields(wildcards.dataset, method=wildcards.method, variant=wildcards.variant,
-                         fold=q.get("fold", 0), train_shot=GRID["train_shots"][0],
-                         train_seed=q.get("train_seed", 0), shot=q.get("shot", 1),
-                         episode_seed=q.get("episode_seed", 0))
+                         **qualitative_key(wildcards))
     return [RUN_DIR.format(**fields) + "/train_summary.json", MANIFEST.format(**fields)]
 
 
@@ -333,7 +355,7 @@ def bench_args(wildcards):
     sizes = BENCH.get("sizes") or [EXPERIMENTS[wildcards.dataset].dataset.image_size]
     shots = BENCH.get("shots", [1])
     return (f"--sizes {' '.join(map(str, sizes))} --shots {' '.join(map(str, shots))} "
-            f"--repeats {BENCH.get('repeats', 20)} " + _sets(_method_sets(wildcards)))
+            f"--repeats {BENCH.get('repeats', 20)} " + override_arguments(job_overrides(wildcards)))
 
 
 from fsseg.report.artefacts import ARTEFACTS  # the report's one declaration (tables, figures, captions)
