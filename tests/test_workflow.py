@@ -84,8 +84,8 @@ def test_report_targets_inputs_and_captions_come_from_the_artefact_declaration()
 @pytest.mark.slow
 def test_paper_config_plans_the_full_grid_without_data():
     counts = _job_counts(_dry_run("--configfile", "config/paper.yaml"))
-    # 3 datasets × (4 methods × 3 folds × 2 train shots × 5 seeds + 7 ablations × 3 folds × 2 × 5)
-    assert counts["train"] == 3 * (4 * 3 * 2 * 5 + 7 * 3 * 2 * 5)
+    # 3 datasets × (5 methods × 3 folds × 2 train shots × 5 seeds + 7 ablations × 3 folds × 2 × 5)
+    assert counts["train"] == 3 * (5 * 3 * 2 * 5 + 7 * 3 * 2 * 5)
     # one evaluate job per run: every test shot × episode seed in one process
     assert counts["evaluate"] == counts["train"]
     assert counts["prepare"] == 3 and counts["report"] == 3
@@ -95,7 +95,8 @@ def test_paper_config_plans_the_full_grid_without_data():
 def test_paper_protocols_plan_apart_with_their_samplers_backbones_and_sizes():
     """Protocol H (config/paper.yaml) tests every pair ('nall' manifests); protocol B
     (config/paper_protocolB.yaml) 1000 episodes, under its own results folder; PANet at 417 px on
-    VGG-16, PFENet and DSMF-Net on the deep-stem ResNet-50."""
+    VGG-16, PFENet and DSMF-Net on the deep-stem ResNet-50; HSNet (protocol H) on torchvision's
+    ResNet-50, BAM (protocol B) on the deep-stem one with one base-learner job per fold."""
     h = _dry_run("--configfile", "config/paper.yaml")
     h_jobs = _planned_jobs(h)
     assert {w["n_episodes"] for r, w in h_jobs if r == "manifest"} == {"all"}
@@ -105,10 +106,14 @@ def test_paper_protocols_plan_apart_with_their_samplers_backbones_and_sizes():
         ("panet", "vgg16"),
         ("pfenet", "resnet50_deep"),
         ("dsmfnet", "resnet50_deep"),
+        ("hsnet", "resnet50"),
     }
     b = _dry_run("--configfile", "config/paper_protocolB.yaml")
     counts = _job_counts(b)
-    assert counts["train"] == 4 * 3 * 2 * 5 + 7 * 3 * 2 * 5 and counts["report"] == 1
+    assert counts["train"] == 5 * 3 * 2 * 5 + 7 * 3 * 2 * 5 and counts["report"] == 1
+    assert counts["base_learner"] == 3  # one per fold, shared by BAM's seeds and shots
+    b_backbones = {(w["method"], w["backbone"]) for r, w in _planned_jobs(b) if r == "train"}
+    assert ("bam", "resnet50_deep") in b_backbones and not any(m == "hsnet" for m, _ in b_backbones)
     assert {w["n_episodes"] for r, w in _planned_jobs(b) if r == "manifest"} == {"1000"}
     assert "results/protocol_B/isaid5i/" in b and "reports/protocol_B/isaid5i/" in b
 
