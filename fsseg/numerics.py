@@ -13,6 +13,7 @@ into every ``summary.json``.
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,12 @@ class Numerics:
                 "emulated there and slower than fp32"
             )
         return None
+
+    def announce(self, device: torch.device, key: str) -> None:
+        """:meth:`check`, its note (if any) printed to stderr as a job's log line."""
+        note = self.check(device, key)
+        if note:
+            print(f"fsseg: {note}", file=sys.stderr)
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """The context a forward pass (and its loss) runs in."""

@@ -50,9 +50,7 @@ def train_base_learner(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     settings = cfg.base_learner
     device = resolve_device(settings.device)
     numerics = Numerics(settings.precision, settings.channels_last)
-    note = numerics.check(device, "base_learner.precision")
-    if note:
-        print(f"fsseg: {note}", file=sys.stderr)
+    numerics.announce(device, "base_learner.precision")
     adapter = build_dataset(cfg)
     split = adapter.train_split
     image_ids = base_training_images(cfg, adapter)

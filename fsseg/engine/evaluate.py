@@ -167,9 +167,7 @@ def _evaluate_locked(
     if method is None:
         method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
     settings = evaluation_settings(cfg)
-    note = settings.numerics.check(device, "eval.precision")
-    if note:
-        print(f"fsseg: {note}", file=sys.stderr)
+    settings.numerics.announce(device, "eval.precision")
     timing: dict[str, float] = {}
     started = time.perf_counter()
     results = infer_episodes(

@@ -162,9 +162,7 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     settings = cfg.pretrain
     device = resolve_device(settings.device)
     numerics = Numerics(settings.precision, settings.channels_last)
-    note = numerics.check(device, "pretrain.precision")
-    if note:
-        print(f"fsseg: {note}", file=sys.stderr)
+    numerics.announce(device, "pretrain.precision")
     adapter = build_dataset(cfg)
     if settings.classes == "auxiliary":
         if adapter.pretrain_split is None:

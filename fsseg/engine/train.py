@@ -185,9 +185,7 @@ def _train_locked(
     device = resolve_device(cfg.train.device)
     recipe = effective_recipe(cfg)
     numerics = training_numerics(cfg)
-    note = numerics.check(device, "train.precision")
-    if note:
-        print(f"fsseg: {note}", file=sys.stderr)
+    numerics.announce(device, "train.precision")
     method = build_method(cfg)
     if method.has_base_learner:
         load_base_learner(cfg, method)
