@@ -16,6 +16,7 @@ import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,6 +47,12 @@ class Numerics:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision: {self.precision!r} is not one of fp32, bf16")
+
+    @classmethod
+    def of(cls, section: Any) -> Numerics:
+        """The numerics a config section chooses (``train``, ``eval``, ``pretrain``, ``base_learner``: each
+        has ``precision`` and ``channels_last``)."""
+        return cls(section.precision, section.channels_last)
 
     def check(self, device: torch.device, key: str) -> str | None:
         """Refuse bf16 on a CUDA card without it (naming ``key``); a note when a CPU would emulate it."""

@@ -49,7 +49,7 @@ def train_base_learner(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         return out
     settings = cfg.base_learner
     device = resolve_device(settings.device)
-    numerics = Numerics(settings.precision, settings.channels_last)
+    numerics = Numerics.of(settings)
     numerics.announce(device, "base_learner.precision")
     adapter = build_dataset(cfg)
     split = adapter.train_split

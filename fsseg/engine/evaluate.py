@@ -62,7 +62,7 @@ def evaluation_settings(cfg: ExperimentConfig) -> InferenceSettings:
         cfg.dataset.label_resolution,
         cfg.eval.batch_size,
         cfg.eval.num_workers,
-        Numerics(cfg.eval.precision, cfg.eval.channels_last),
+        Numerics.of(cfg.eval),
     )
 
 

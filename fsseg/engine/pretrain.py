@@ -161,7 +161,7 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         return out
     settings = cfg.pretrain
     device = resolve_device(settings.device)
-    numerics = Numerics(settings.precision, settings.channels_last)
+    numerics = Numerics.of(settings)
     numerics.announce(device, "pretrain.precision")
     adapter = build_dataset(cfg)
     if settings.classes == "auxiliary":

@@ -425,7 +425,7 @@ def validation_settings(cfg: ExperimentConfig) -> InferenceSettings:
 def training_numerics(cfg: ExperimentConfig) -> Numerics:
     """The precision and memory layout of training (``train.precision``, ``train.channels_last``); the
     validation of ``best_val`` runs with them too."""
-    return Numerics(cfg.train.precision, cfg.train.channels_last)
+    return Numerics.of(cfg.train)
 
 
 class _Validator:
