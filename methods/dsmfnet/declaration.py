@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from fsseg.declaration import MethodDeclaration, TrainRecipe
 from fsseg.errors import ConfigError
 from fsseg.registry import METHODS
 from fsseg.schema import opt
+from fsseg_methods.pfenet.declaration import OFFICIAL_RECIPE as PFENET_OFFICIAL_RECIPE
 
 
 @dataclass
@@ -68,19 +69,10 @@ class DSMFNetParams:
 
 # The paper gives no recipe we can reproduce; DSMF-Net builds on PFENet's prior, so its paper-scale recipe
 # is PFENet's official one (effective lr 0.025, see methods/pfenet/README.md), which also keeps the
-# comparison with the PFENet baseline like for like (tests/test_dsmfnet.py checks that the values match).
-OFFICIAL_RECIPE = TrainRecipe(
-    optimizer="sgd",
-    lr=0.025,
-    momentum=0.9,
-    weight_decay=1e-4,
-    schedule="poly",
-    poly_power=0.9,
-    iterations=200 * 1400,  # only for a run that overrides the epochs away, as PFENet's
-    batch_size=4,
-    epochs=200,
-    augment="pfenet",
-    frozen_bn="batch_stats",
+# comparison with the PFENet baseline like for like. Taken from PFENet's declaration (torch-free, no
+# network code), so the two cannot drift apart.
+OFFICIAL_RECIPE = replace(
+    PFENET_OFFICIAL_RECIPE,
     description="our paper-scale choice (the paper gives none): PFENet's official recipe, SGD momentum "
     "0.9, lr 0.025, wd 1e-4, poly 0.9, batch 4, 200 epochs of the fold's filtered training list, "
     "PFENet's augmentation, frozen backbone BatchNorm on batch statistics",
