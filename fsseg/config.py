@@ -225,6 +225,12 @@ class BaseLearnerConfig:
     device: str = opt("auto", help="'auto', 'cpu' or 'cuda[:N]'")
     precision: Literal["fp32", "bf16"] = _precision_field("base-learner training")
     channels_last: bool = _channels_last_field("base-learner training")
+    novel_pixels: Literal["ignore", "background"] = opt(
+        "ignore",
+        help="novel-class pixels of the training images: ignored (ours: the learner is never taught that "
+        "novel objects are background) or background (BAM's official base training, "
+        "util/get_mulway_base_data.py); under train_filter remove_novel no image holds them",
+    )
 
 
 #: The two published iSAID-5i protocols: the config values each one fixes.

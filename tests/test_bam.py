@@ -241,3 +241,14 @@ def test_base_learner_is_trained_cached_and_loaded_frozen(toy_config, tmp_path) 
     weights = torch.load(run_dir / MODEL, weights_only=True)
     assert torch.equal(weights["learner_base.cls.4.weight"], cached["head.cls.4.weight"])
     assert torch.equal(weights["backbone.layer1.0.conv1.weight"], cached["backbone.layer1.0.conv1.weight"])
+
+
+def test_novel_pixels_of_the_base_learner_are_ignored_or_background() -> None:
+    """``base_learner.novel_pixels``: ignored (ours, default) or background (BAM's official base training)."""
+    from fsseg.engine.pretrain import _label_map
+
+    ignored = _label_map(6, base=[4, 5, 6], novel=[1, 2, 3])
+    background = _label_map(6, base=[4, 5, 6], novel=[1, 2, 3], novel_as_background=True)
+    assert ignored[[0, 4, 5, 6]].tolist() == background[[0, 4, 5, 6]].tolist() == [0, 1, 2, 3]
+    assert ignored[[1, 2, 3]].tolist() == [255] * 3
+    assert background[[1, 2, 3]].tolist() == [0] * 3

@@ -150,6 +150,21 @@ def test_center_pivot_conv4d_equals_a_dense_4d_conv_with_a_center_pivot_kernel(
     torch.testing.assert_close(got, _dense_conv4d(x, kernel, bias, stride))
 
 
+def test_center_pivot_conv4d_bf16_cpu_gradients_are_finite_on_tiny_support_maps() -> None:
+    """The CPU default squeezes 2×2 and 1×1 support maps with strided kernels of 5 and 3: under CPU bf16
+    autocast (torch 2.14, oneDNN) such a conv's weight gradient held NaNs in about half the calls, so the
+    support conv runs in fp32 there (fsseg/models/hypercorrelation.py)."""
+    torch.manual_seed(0)
+    for kernel, stride, side in ((5, 4, 2), (5, 4, 1), (3, 2, 1)):
+        for _ in range(6):
+            conv = CenterPivotConv4d(16, 32, kernel, stride).to(memory_format=torch.channels_last)
+            x = torch.relu(torch.randn(2, 16, 8, 8, side, side))
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = conv(x)
+            y.float().square().mean().backward()
+            assert all(torch.isfinite(p.grad).all() for p in conv.parameters())
+
+
 # --- the model ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("shots", [1, 5])
 def test_output_shapes(shots: int) -> None:

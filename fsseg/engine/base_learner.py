@@ -68,7 +68,7 @@ def train_base_learner(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     )
     started = time.perf_counter()
     size = cfg.dataset.image_size
-    table = base_class_table(adapter, cfg.fold)
+    table = base_class_table(adapter, cfg.fold, settings.novel_pixels == "background")
     final_loss = fit_semantic_segmentation(
         learner, adapter, split, image_ids, table, settings, numerics, device, size, "base_learner"
     )

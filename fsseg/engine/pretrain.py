@@ -40,14 +40,17 @@ from fsseg.numerics import Numerics
 from fsseg.progress import Progress, format_duration
 
 
-def _label_map(num_classes: int, base: list[int], novel: list[int]) -> np.ndarray:
-    """Lookup table: background 0, base classes 1..n_base, novel and unused classes ignored."""
+def _label_map(
+    num_classes: int, base: list[int], novel: list[int], novel_as_background: bool = False
+) -> np.ndarray:
+    """Lookup table: background 0, base classes 1..n_base, unused classes background, novel classes
+    ignored (or background with ``novel_as_background``)."""
     table = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     table[0] = 0
     for new_id, cid in enumerate(base, start=1):
         table[cid] = new_id
     for cid in range(1, num_classes + 1):
-        if cid not in base and cid not in novel:
+        if cid not in base and (novel_as_background or cid not in novel):
             table[cid] = 0  # classes outside every fold are background, as in episodes
     return table
 
@@ -120,9 +123,11 @@ def fit_semantic_segmentation(
     return float(loss.item())
 
 
-def base_class_table(adapter: DatasetAdapter, fold: int) -> np.ndarray:
+def base_class_table(adapter: DatasetAdapter, fold: int, novel_as_background: bool = False) -> np.ndarray:
     """Label table of a fold's base-class segmentation (see :func:`_label_map`)."""
-    return _label_map(adapter.num_classes, adapter.base_classes(fold), adapter.novel_classes(fold))
+    return _label_map(
+        adapter.num_classes, adapter.base_classes(fold), adapter.novel_classes(fold), novel_as_background
+    )
 
 
 def base_training_images(cfg: ExperimentConfig, adapter: DatasetAdapter) -> list[str]:

@@ -51,6 +51,17 @@ def resize_4d(x: torch.Tensor, query_size: tuple[int, int], support_size: tuple[
     return x.contiguous()
 
 
+def _cpu_bf16_unsafe(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    """Whether ``conv`` on ``x`` is a strided convolution, under CPU autocast, with a kernel larger than the
+    input: the case whose bf16 weight gradient oneDNN gets wrong (see :class:`CenterPivotConv4d`)."""
+    return (
+        x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and max(conv.stride) > 1
+        and min(x.shape[-2:]) < max(conv.kernel_size)
+    )
+
+
 class CenterPivotConv4d(nn.Module):
     """Center-pivot 4D convolution (HSNet, Sec. 3.3): a 4D kernel that is non-zero only on the two
     planes through its centre, so it factors into two 2D convolutions.
@@ -86,6 +97,13 @@ class CenterPivotConv4d(nn.Module):
         c_out = over_query.shape[1]
         over_query = over_query.view(n, ps, pw, c_out, hq, wq).permute(0, 3, 4, 5, 1, 2)
         over_support = x.permute(0, 2, 3, 1, 4, 5).reshape(n * hq * wq, c, hs, ws)
-        over_support = self.support_conv(over_support)
+        if _cpu_bf16_unsafe(over_support, self.support_conv):
+            # measured with torch 2.14 (oneDNN): under CPU bf16 autocast, the weight gradient of a strided
+            # conv whose kernel is larger than its input (HSNet's squeeze of 2×2 and 1×1 support maps at
+            # 64 px) holds NaNs in about half the calls; these tensors are tiny, so they run in fp32
+            with torch.autocast("cpu", enabled=False):
+                over_support = self.support_conv(over_support.float())
+        else:
+            over_support = self.support_conv(over_support)
         over_support = over_support.view(n, hq, wq, c_out, ps, pw).permute(0, 3, 1, 2, 4, 5)
         return over_query + over_support
