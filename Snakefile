@@ -25,6 +25,9 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+check_evaluations()
+
+
 rule all:
     input:
         all_report_targets(),

@@ -43,8 +43,9 @@ RECORDS_FILE = "records.csv.gz"
 PROTOCOL_FILE = "protocol.json"
 DIAGNOSTICS_TABLE_FILE = "diagnostics.csv"
 CLASS_PREFIX = "iou__"
-#: Columns of ``diagnostics.csv`` before the scores (one ``score__<name>`` column per diagnostic).
-DIAGNOSTIC_KEY = ("method", "variant", "backbone", "fold", "train_seed", "shot", "episode_seed")
+#: Columns of ``diagnostics.csv`` before the scores (one ``score__<name>`` column per diagnostic): the
+#: evaluation key of :mod:`fsseg.keys`, so a new key field reaches this table without an edit here.
+DIAGNOSTIC_KEY = EVAL_KEY
 SCORE_PREFIX = "score__"
 
 EVALUATION_COLUMNS = (
@@ -266,12 +267,12 @@ def read_evaluation(folder: str | Path) -> Evaluation:
     path = Path(folder)
     if not path.is_dir():
         raise DataError(f"evaluation folder {path} does not exist")
-    summary = _read_json(path / "summary.json")
+    summary = _read_json(path / paths.SUMMARY_FILE)
     config_path = path / "config.yaml"
     if not config_path.is_file():
         raise DataError(f"{config_path} does not exist: is {path} an evaluation folder (`fsseg evaluate`)?")
     config = read_yaml(config_path)
-    records_path = path / "records.csv"
+    records_path = path / paths.RECORDS_FILE
     try:
         lines = records_path.read_text().splitlines()
     except FileNotFoundError:
@@ -285,8 +286,8 @@ def read_evaluation(folder: str | Path) -> Evaluation:
     n_expected = int(summary["metrics"]["n_episodes"])
     if len(data) != n_expected:
         raise DataError(
-            f"{records_path} has {len(data)} episode rows but {path / 'summary.json'} counts {n_expected} "
-            "(truncated or edited?)"
+            f"{records_path} has {len(data)} episode rows but {path / paths.SUMMARY_FILE} counts "
+            f"{n_expected} (truncated or edited?)"
         )
     # Identity columns must agree with the summary: a records file copied into the wrong folder would
     # otherwise be aggregated under another run's name.
@@ -452,7 +453,7 @@ def load_aggregate(folder: str | Path) -> Aggregate:
     protocol = json.loads((folder / PROTOCOL_FILE).read_text())
     diagnostics_path = folder / DIAGNOSTICS_TABLE_FILE
     diagnostics = (
-        pd.read_csv(diagnostics_path, dtype={"method": str, "variant": str, "backbone": str})
+        pd.read_csv(diagnostics_path, dtype=dict.fromkeys(TEXT_COLUMNS, str))
         if diagnostics_path.is_file()
         else pd.DataFrame(columns=list(DIAGNOSTIC_KEY))
     )

@@ -62,13 +62,40 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_episodes(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from fsseg.atomic import write_json
     from fsseg.engine.build import build_dataset
     from fsseg.engine.evaluate import ensure_manifest
+    from fsseg.errors import ConfigError
 
     cfg = _load(args)
-    path = Path(args.out) if args.out else cfg.manifest_path
-    manifest = ensure_manifest(cfg, build_dataset(cfg), path)
-    print(f"{path}  sha256:{manifest.content_hash}  episodes:{len(manifest.episodes)}")
+    if args.shots is None and args.episode_seeds is None:
+        path = Path(args.out) if args.out else cfg.manifest_path
+        manifest = ensure_manifest(cfg, build_dataset(cfg), path)
+        print(f"{path}  sha256:{manifest.content_hash}  episodes:{len(manifest.episodes)}")
+        return
+    if args.out:
+        raise ConfigError(
+            "--out names one manifest; with --shots/--episode-seeds each goes to its default path"
+        )
+    adapter = build_dataset(cfg)
+    entries = []
+    for shot in args.shots or [cfg.eval.shot]:
+        for seed in args.episode_seeds or [cfg.eval.episode_seed]:
+            one = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, shot=shot, episode_seed=seed))
+            manifest = ensure_manifest(one, adapter, one.manifest_path)
+            entries.append(
+                {
+                    "shot": shot,
+                    "episode_seed": seed,
+                    "file": one.manifest_path.name,
+                    "sha256": manifest.content_hash,
+                }
+            )
+            print(f"{one.manifest_path}  sha256:{manifest.content_hash}  episodes:{len(manifest.episodes)}")
+    write_json(cfg.manifest_set_path, {"manifests": entries})
+    print(cfg.manifest_set_path)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -332,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--out", help="manifest file (default: output_root/manifests/...)")
+    p.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="draw the manifest of each shot (and each --episode-seeds), each at its default path, "
+        "then their index (output_root/manifests/<dataset>/fold<F>_..._n<N>_px<P>.manifests.json)",
+    )
+    p.add_argument(
+        "--episode-seeds", type=int, nargs="+", metavar="S", help="episode seeds (default: eval.episode_seed)"
+    )
     p.set_defaults(func=cmd_episodes)
 
     p = sub.add_parser("evaluate", help="evaluate a trained run on a test manifest")

@@ -23,10 +23,9 @@ import pandas as pd
 from fsseg.errors import DataError, FssegError
 from fsseg.keys import INT_COLUMNS, TEXT_COLUMNS
 from fsseg.metrics import COUNT_COLUMNS
+from fsseg.paths import RECORDS_FILE, SUMMARY_FILE
 from fsseg.stats import METRIC_NAMES, REQUIRED_COLUMNS, Metric, PairedComparison, compare_records
 
-RECORDS_FILE = "records.csv"
-SUMMARY_FILE = "summary.json"
 FORMATS = ("table", "csv", "json")
 _GLOB_CHARS = frozenset("*?[")
 _INT_COLUMNS = (*INT_COLUMNS, "episode_id", "class_id", *COUNT_COLUMNS)

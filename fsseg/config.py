@@ -302,6 +302,16 @@ class ExperimentConfig:
         return Path(paths.MANIFEST.format(**self._path_fields()))
 
     @property
+    def manifest_set_path(self) -> Path:
+        """Index of the fold's manifests at several shots and episode seeds (``fsseg episodes --shots``)."""
+        return Path(paths.MANIFEST_SET.format(**self._path_fields()))
+
+    @property
+    def evaluated_path(self) -> Path:
+        """Index of the run's evaluations at several shots and episode seeds (``fsseg evaluate --shots``)."""
+        return Path(paths.EVALUATED.format(**self._path_fields()))
+
+    @property
     def pretrained_backbone_path(self) -> Path:
         """Where ``fsseg pretrain`` writes the backbone this config's methods start from."""
         return Path(paths.PRETRAINED_BACKBONE.format(**self._path_fields()))

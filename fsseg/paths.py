@@ -12,10 +12,15 @@ from fsseg.keys import EVAL_DIR, RUN_DIR
 __all__ = [
     "BASE_LEARNER",
     "DIAGNOSTICS_FILE",
+    "EVALUATED",
     "EVAL_DIR",
+    "EVAL_FILES",
     "MANIFEST",
+    "MANIFEST_SET",
     "PRETRAINED_BACKBONE",
+    "RECORDS_FILE",
     "RUN_DIR",
+    "SUMMARY_FILE",
     "dataset_tag",
 ]
 
@@ -24,6 +29,24 @@ MANIFEST = (
     "_px{min_object_px}.json"
 )
 """A test-episode manifest, shared by every method (``fsseg episodes``)."""
+
+MANIFEST_SET = (
+    "{output_root}/manifests/{dataset}/fold{fold}_{split}_n{n_episodes}_px{min_object_px}.manifests.json"
+)
+"""The index of one fold's manifests at several shots and episode seeds, written after them by ``fsseg
+episodes --shots ... --episode-seeds ...``: the one file a run's evaluations depend on in the workflow."""
+
+SUMMARY_FILE = "summary.json"
+"""In an evaluation folder, written last: the scores, and the mark of a finished evaluation."""
+RECORDS_FILE = "records.csv"
+"""In an evaluation folder: one row per episode."""
+EVAL_FILES = (RECORDS_FILE, SUMMARY_FILE)
+"""The files of every evaluation folder, in the order ``fsseg evaluate`` writes them."""
+
+EVALUATED = RUN_DIR + "/eval/evaluated_n{n_episodes}.json"
+"""The index of a run's evaluations at several shots and episode seeds (their folders and files),
+written by ``fsseg evaluate --shots ... --episode-seeds ...`` after the last of them: the one output of
+the workflow's evaluate job, so that planning a grid handles one file per run, not one per evaluation."""
 
 DIAGNOSTICS_FILE = "diagnostics.json"
 """In an evaluation folder: the support-use diagnostics (``fsseg evaluate --diagnose``)."""

@@ -739,7 +739,7 @@ def compare_records(
 
 
 def compare_family(
-    reference: pd.DataFrame,
+    reference: pd.DataFrame | Mapping[str, pd.DataFrame],
     others: Mapping[str, pd.DataFrame],
     *,
     metric: Metric = "miou",
@@ -754,10 +754,13 @@ def compare_family(
     its ablations; Δ = reference − other, so a positive Δ favours the reference. Each test (t-test,
     bootstrap, Wilcoxon) is adjusted over the family on its own; tests not run stay NaN. Every comparison
     uses the same bootstrap seed, hence the same episode resamples (common random numbers).
+    ``reference`` may be given per other (a mapping with the same names), e.g. the reference cut to the
+    units each other was run on.
     """
+    references = reference if isinstance(reference, Mapping) else dict.fromkeys(others, reference)
     comparisons = {
         name: compare_records(
-            reference,
+            references[name],
             other,
             metric=metric,
             n_boot=n_boot,

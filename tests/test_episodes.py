@@ -96,3 +96,31 @@ def test_episode_tensors_do_not_depend_on_workers(toy, workers):
     # novel-class foreground only for the episode's class, training masks binary
     for r in reference:
         assert set(r["query_label"].unique().tolist()) <= {0, 1, 255}
+
+
+def test_episodes_command_draws_every_shot_and_seed_then_their_index(toy_root, tmp_path, capsys):
+    """`fsseg episodes --shots --episode-seeds` (the workflow's one job per fold) writes each manifest at
+    the path a single call writes it to, with the same bytes, and then the index naming them."""
+    from fsseg.cli import main
+    from fsseg.config import load_config
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"dataset: {{name: toy, root: {toy_root}, image_size: 32}}\noutput_root: {tmp_path / 'all'}\n"
+        "eval: {n_episodes: 8}\n"
+    )
+    assert main(["episodes", "-c", str(config), "--shots", "1", "2", "--episode-seeds", "0", "3"]) == 0
+    cfg = load_config([config])
+    index = json.loads(cfg.manifest_set_path.read_text())["manifests"]
+    assert [(e["shot"], e["episode_seed"]) for e in index] == [(1, 0), (1, 3), (2, 0), (2, 3)]
+    for entry in index:
+        sets = [f"eval.shot={entry['shot']}", f"eval.episode_seed={entry['episode_seed']}"]
+        one = tmp_path / f"one_{entry['shot']}_{entry['episode_seed']}.json"
+        argv = ["episodes", "-c", str(config), *[a for s in sets for a in ("--set", s)], "--out", str(one)]
+        assert main(argv) == 0
+        path = load_config([config], sets).manifest_path
+        assert path.name == entry["file"] and path.parent == cfg.manifest_set_path.parent
+        assert path.read_bytes() == one.read_bytes()
+        assert EpisodeManifest.load(path).content_hash == entry["sha256"]
+    assert main(["episodes", "-c", str(config), "--shots", "1", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--out names one manifest" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """The episode loop's plumbing (fsseg/engine/infer.py, fsseg/data/decoded.py): prefetching, batched
 scoring and shared decoded files change no result."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,22 @@ def test_one_process_evaluations_write_what_separate_ones_do(toy_config, tmp_pat
         (out,) = evaluate_run(cfg, shots=[shot], episode_seeds=[0], diagnose_shots=[1] if shot == 1 else [])
         assert read_records(out / "records.csv") == rows[out.name]
     assert (together[0] / "diagnostics.json").read_text() == diagnostics
+
+
+def test_a_run_s_evaluations_end_with_their_index(toy_config):
+    """evaluate_run writes the run's index (the workflow's evaluate output) after its last evaluation:
+    every folder it wrote, with the files in it; an untrained evaluation writes none."""
+    cfg = toy_config("train.iterations=2")
+    train(cfg)
+    outs = evaluate_run(cfg, shots=[1, 2], episode_seeds=[0, 1], diagnose_shots=[1])
+    index = json.loads(cfg.evaluated_path.read_text())
+    assert cfg.evaluated_path.parent == outs[0].parent
+    entries = index["evaluations"]
+    assert [e["folder"] for e in entries] == [out.name for out in outs]
+    assert [(e["shot"], e["episode_seed"]) for e in entries] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    for entry, out in zip(entries, outs, strict=True):
+        expected = {"records.csv", "summary.json"} | ({"diagnostics.json"} if entry["shot"] == 1 else set())
+        assert set(entry["files"]) == expected and all((out / name).is_file() for name in entry["files"])
+    cfg.evaluated_path.unlink()
+    evaluate_run(cfg, shots=[1], episode_seeds=[0], untrained=True)
+    assert not cfg.evaluated_path.exists()

@@ -348,6 +348,48 @@ def test_family_holm_adjusts_each_test():
     assert family["panet"].ttest.mean_diff > 0  # Δ = reference − other
 
 
+def test_a_baseline_on_fewer_train_seeds_is_compared_on_the_units_both_have():
+    """grid.method_train_seeds: a baseline trained on one seed is paired with the flagship's same units
+    (the flagship cut to them), Holm-adjusted in one family with the baselines on every seed."""
+    from fsseg.report.results import Run, baseline_family
+    from fsseg.report.spec import BootstrapSpec, ReportSpec, RunRef
+
+    def run(method: str, skill: float, seeds: tuple[int, ...], noise: int) -> Run:
+        records = frame(fake_records(method, skill, folds=(0, 1, 2), train_seeds=seeds, noise_seed=noise))
+        evaluations = records[["fold", "train_seed"]].drop_duplicates()
+        return Run(RunRef(method), 1, 1, "resnet18", records, evaluations)
+
+    runs = {
+        ("dsmfnet", 1): run("dsmfnet", 0.7, (0, 1), 1),
+        ("panet", 1): run("panet", 0.5, (0, 1), 2),
+        ("hsnet", 1): run("hsnet", 0.6, (0,), 3),
+    }
+    spec = ReportSpec(
+        dataset="synthetic",
+        title="t",
+        flagship=RunRef("dsmfnet"),
+        baselines=[RunRef("panet"), RunRef("hsnet")],
+        shots=[1],
+        bootstrap=BootstrapSpec(iterations=200, seed=0),
+    )
+    family = {b.label: (a, b, c) for _, a, b, c in baseline_family(runs, spec, 1).comparisons}
+    a_hsnet, _, hsnet = family["hsnet"]
+    alone = stats.compare_records(
+        a_hsnet.records, runs[("hsnet", 1)].records, n_boot=200, seed=0, label_a="dsmfnet", label_b="hsnet"
+    )
+    assert set(zip(a_hsnet.records["fold"], a_hsnet.records["train_seed"], strict=True)) == {
+        (0, 0),
+        (1, 0),
+        (2, 0),
+    }
+    assert hsnet.wilcoxon.n == 3 and hsnet.ttest.mean_diff == alone.ttest.mean_diff
+    assert family["panet"][0] is runs[("dsmfnet", 1)] and family["panet"][2].wilcoxon.n == 6
+    raw = [family[name][2].ttest.p for name in ("panet", "hsnet")]
+    assert [family[name][2].holm["ttest"] for name in ("panet", "hsnet")] == pytest.approx(
+        holm_reference(raw)
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The command
 

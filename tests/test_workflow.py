@@ -99,7 +99,7 @@ def test_paper_protocols_plan_apart_with_their_samplers_backbones_and_sizes():
     ResNet-50, BAM (protocol B) on the deep-stem one with one base-learner job per fold."""
     h = _dry_run("--configfile", "config/paper.yaml")
     h_jobs = _planned_jobs(h)
-    assert {w["n_episodes"] for r, w in h_jobs if r == "manifest"} == {"all"}
+    assert {w["n_episodes"] for r, w in h_jobs if r == "manifests"} == {"all"}
     backbones = {(w["method"], w["backbone"]) for r, w in h_jobs if r == "train"}
     assert backbones == {
         ("colour_floor", "resnet50"),
@@ -114,14 +114,14 @@ def test_paper_protocols_plan_apart_with_their_samplers_backbones_and_sizes():
     assert counts["base_learner"] == 3  # one per fold, shared by BAM's seeds and shots
     b_backbones = {(w["method"], w["backbone"]) for r, w in _planned_jobs(b) if r == "train"}
     assert ("bam", "resnet50_deep") in b_backbones and not any(m == "hsnet" for m, _ in b_backbones)
-    assert {w["n_episodes"] for r, w in _planned_jobs(b) if r == "manifest"} == {"1000"}
+    assert {w["n_episodes"] for r, w in _planned_jobs(b) if r == "manifests"} == {"1000"}
     assert "results/protocol_B/isaid5i/" in b and "reports/protocol_B/isaid5i/" in b
 
 
 @pytest.mark.slow
 def test_default_config_plans_every_stage():
     counts = _job_counts(_dry_run("--forceall"))
-    stages = ("prepare", "pretrain", "train", "manifest", "evaluate", "bench", "predict", "aggregate")
+    stages = ("prepare", "pretrain", "train", "manifests", "evaluate", "bench", "predict", "aggregate")
     for rule in (*stages, "report"):
         assert counts.get(rule, 0) > 0, rule
     # one backbone on the auxiliary classes for every fold; one evaluation process per trained run
@@ -179,10 +179,18 @@ def test_tiny_workflow_runs_end_to_end_and_reruns_nothing(tmp_path):
     others = {rule for rule, _ in jobs} - {"train", "evaluate", "bench", "predict"}
     assert others <= {"aggregate", "report", "all"}, others
 
-    # deleting one evaluation output reruns only that evaluation and what reads it
+    # a file deleted from an evaluation folder stops the plan, naming the file and the run's index to
+    # delete; deleting that index reruns only that run's evaluations and what reads them
     pattern = "synthetic/panet-default/*/fold0/shot1/seed0/eval/*/summary.json"
     summaries = sorted((tmp_path / "results-tiny").glob(pattern))
     summaries[0].unlink()
+    plan = subprocess.run([*run, "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    index = next(summaries[0].parents[1].glob("evaluated_n*.json"))
+    assert plan.returncode != 0
+    message = plan.stdout + plan.stderr
+    assert str(summaries[0].relative_to(tmp_path)) in message
+    assert f"delete {index.relative_to(tmp_path)}" in message
+    index.unlink()
     plan = subprocess.run([*run, "-n"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     counts = _job_counts(plan.stdout)
     assert counts.get("evaluate") == 1 and counts.get("aggregate") == 1 and "train" not in counts, counts

@@ -94,22 +94,27 @@ def evaluate_run(
 
     The weights and the dataset index are loaded once; each evaluation still gets its own output
     folder, identical to what a separate ``evaluate`` call writes. ``diagnose_shots`` are the shots
-    whose evaluations also write ``diagnostics.json``.
+    whose evaluations also write ``diagnostics.json``. After the last one, the run's index of them
+    (``cfg.evaluated_path``: folders and files) is written, unless ``untrained``.
     """
     device = resolve_device(cfg.eval.device)
     adapter = build_dataset(cfg)
     method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
     images = DecodedImages(adapter)  # every evaluation below reads the same files: decode each once
     outs = []
+    entries = []
     for shot in shots:
         for seed in episode_seeds:
             one = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, shot=shot, episode_seed=seed))
             diagnose = shot in (diagnose_shots or [])
-            outs.append(
-                evaluate(
-                    one, untrained=untrained, diagnose=diagnose, method=method, adapter=adapter, images=images
-                )
+            out = evaluate(
+                one, untrained=untrained, diagnose=diagnose, method=method, adapter=adapter, images=images
             )
+            outs.append(out)
+            files = [*paths.EVAL_FILES, *([paths.DIAGNOSTICS_FILE] if diagnose else [])]
+            entries.append({"shot": shot, "episode_seed": seed, "folder": out.name, "files": files})
+    if not untrained:
+        write_json(cfg.evaluated_path, {"run_id": run_id(cfg), "evaluations": entries})
     return outs
 
 
@@ -217,11 +222,11 @@ def _evaluate_locked(
         diagnostics = run_diagnostics(
             method, manifest, adapter, cfg, settings, device, metrics["miou"], images=images
         )
-    write_records(out_dir / "records.csv", records)
+    write_records(out_dir / paths.RECORDS_FILE, records)
     write_yaml(out_dir / "config.yaml", cfg.to_dict())
     if diagnostics is not None:
         write_json(out_dir / paths.DIAGNOSTICS_FILE, {"run_id": rid, "shot": cfg.eval.shot, **diagnostics})
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / paths.SUMMARY_FILE, summary)
     print(
         f"fsseg: {cfg.run_name} {cfg.eval.shot}-shot on {len(records)} episodes: "
         f"class mIoU {metrics['miou']:.4f}, FB-IoU {metrics['fbiou']:.4f}, "

@@ -209,9 +209,18 @@ def baseline_family(
     present = {label: run for label, run in others.items() if run is not None}
     if not present:
         return FamilyResult(kind, name, [], missing)
+    # A baseline run on fewer train seeds (grid.method_train_seeds) is compared on the units both have.
+    pairs = {}
+    for label, run in present.items():
+        shared = run_units(flagship) & run_units(run)
+        pairs[label] = (
+            restrict_to_units(flagship, shared) if shared != run_units(flagship) else flagship,
+            restrict_to_units(run, shared) if shared != run_units(run) else run,
+        )
+    present = {label: b for label, (_, b) in pairs.items()}
     try:
         results = compare_family(
-            flagship.records,
+            {label: a.records for label, (a, _) in pairs.items()},
             {label: run.records for label, run in present.items()},
             metric=metric,
             n_boot=spec.bootstrap.iterations,
@@ -220,7 +229,7 @@ def baseline_family(
         )
     except PairingError as err:
         raise FssegError(f"cannot compare {flagship.label} with its baselines at {shot}-shot: {err}") from err
-    return FamilyResult(kind, name, [(shot, flagship, present[k], results[k]) for k in present], missing)
+    return FamilyResult(kind, name, [(shot, *pairs[k], results[k]) for k in present], missing)
 
 
 def restrict_to_units(run: Run, units: set[tuple[int, int]]) -> Run:

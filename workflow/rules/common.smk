@@ -3,6 +3,9 @@
 # fields of its output path), the cross-checks of workflow and experiment configs, and the target lists.
 # Planning imports no torch: experiment configs are validated against the methods' torch-free
 # declarations.
+import hashlib
+import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -110,6 +113,37 @@ def _check_ablation_shots():
 _check_ablation_shots()
 
 
+def _check_qualitative():
+    """The qualitative figure's episodes come from a manifest the grid draws."""
+    for name, grid, default in (("shot", "test_shots", 1), ("episode_seed", "episode_seeds", 0)):
+        value = QUALITATIVE.get(name, default)
+        if value not in GRID[grid]:
+            raise ValueError(f"config qualitative.{name} {value!r} is not among grid.{grid} {GRID[grid]}")
+
+
+_check_qualitative()
+
+
+def method_train_seeds(method):
+    """A method's training seeds: grid.method_train_seeds[method] when given, else grid.train_seeds."""
+    return GRID.get("method_train_seeds", {}).get(method, GRID["train_seeds"])
+
+
+def _check_method_train_seeds():
+    for method, seeds in GRID.get("method_train_seeds", {}).items():
+        if method not in GRID["methods"]:
+            raise ValueError(f"config grid.method_train_seeds.{method}: {method!r} is not in grid.methods")
+        extra = sorted(set(seeds) - set(GRID["train_seeds"]))
+        if extra:
+            raise ValueError(
+                f"config grid.method_train_seeds.{method}: seeds {extra} are not among grid.train_seeds "
+                f"{GRID['train_seeds']}; a method runs a subset of the grid's seeds"
+            )
+
+
+_check_method_train_seeds()
+
+
 def runs(tag):
     """(method, variant, fold, train_shot, train_seed, test_shots) of every training run of a dataset.
 
@@ -119,7 +153,7 @@ def runs(tag):
         for variant in variants:
             for fold in dataset_folds(tag):
                 for train_shot in GRID["train_shots"]:
-                    for seed in GRID["train_seeds"]:
+                    for seed in method_train_seeds(method):
                         out.append((method, variant, fold, train_shot, seed, tuple(GRID["test_shots"])))
     ablation_folds = ABLATIONS.get("folds", dataset_folds(tag))
     for variant in ABLATIONS.get("variants", []):
@@ -170,7 +204,9 @@ def wildcard_pattern(template):
 
 RUN_DIR = wildcard_pattern(paths.RUN_DIR)
 EVAL_DIR = wildcard_pattern(paths.EVAL_DIR)
+EVALUATED = wildcard_pattern(paths.EVALUATED)
 MANIFEST = wildcard_pattern(paths.MANIFEST)
+MANIFEST_SET = wildcard_pattern(paths.MANIFEST_SET)
 BACKBONE = wildcard_pattern(paths.PRETRAINED_BACKBONE)
 BASE_LEARNER = wildcard_pattern(paths.BASE_LEARNER)
 
@@ -181,6 +217,25 @@ def prepared_marker(tag):
 
 def experiment_file(wildcards):
     return config["datasets"][wildcards.dataset]["experiment"]
+
+
+def _config_digest(tag):
+    """sha256 of a dataset's experiment config and of the recipe file it names (train.recipe_file).
+
+    Every job built from them has it as a param, so editing either reruns them (Snakemake's params
+    trigger); it replaced the experiment file as an input, which cost the plan a file lookup in each of
+    the paper grid's ~2,200 jobs, and recipe edits now rerun the trainings too."""
+    digest = hashlib.sha256(Path(config["datasets"][tag]["experiment"]).read_bytes())
+    if EXPERIMENTS[tag].train.recipe_file:
+        digest.update(Path(EXPERIMENTS[tag].train.recipe_file).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+CONFIG_DIGESTS = {tag: _config_digest(tag) for tag in EXPERIMENTS}
+
+
+def config_digest(wildcards):
+    return CONFIG_DIGESTS[wildcards.dataset]
 
 
 def job_overrides(wildcards, **values):
@@ -207,24 +262,13 @@ def eval_args(wildcards):
 DIAGNOSE_SHOTS = [s for s in DIAGNOSTICS.get("shots", [GRID["test_shots"][0]]) if s in GRID["test_shots"]]
 
 
-def run_eval_dir(shot, episode_seed):
-    """EVAL_DIR of the run's wildcards with the shot and the episode seed fixed."""
-    return EVAL_DIR.replace("{shot}", str(shot)).replace("{episode_seed}", str(episode_seed))
+def grid_manifest(shot, episode_seed):
+    """MANIFEST of the manifests rule's wildcards with the shot and the episode seed fixed."""
+    return MANIFEST.replace("{shot}", str(shot)).replace("{episode_seed}", str(episode_seed))
 
 
-def run_eval_outputs(name):
-    """The evaluate rule's outputs: ``name`` in every evaluation folder of the run."""
-    return [run_eval_dir(shot, seed) + "/" + name for shot in GRID["test_shots"] for seed in GRID["episode_seeds"]]
-
-
-def run_diagnostics_outputs():
-    return [run_eval_dir(shot, seed) + "/" + paths.DIAGNOSTICS_FILE for shot in DIAGNOSE_SHOTS
-            for seed in GRID["episode_seeds"]]
-
-
-def run_manifests(wildcards):
-    return [MANIFEST.format(**path_fields(wildcards.dataset, fold=wildcards.fold, shot=shot, episode_seed=seed))
-            for shot in GRID["test_shots"] for seed in GRID["episode_seeds"]]
+def run_manifest_set(wildcards):
+    return MANIFEST_SET.format(**path_fields(wildcards.dataset, fold=wildcards.fold))
 
 
 def manifest_args(wildcards):
@@ -291,6 +335,18 @@ def base_learner_input(wildcards):
                                              backbone=wildcards.backbone))
 
 
+def train_inputs(wildcards):
+    """A training's inputs, from one function (the plan calls it once per run, not once per input)."""
+    return {"prepared": prepared_input(wildcards), "backbone": backbone_input(wildcards),
+            "base_learner": base_learner_input(wildcards)}
+
+
+def evaluate_inputs(wildcards):
+    """An evaluation job's inputs: the trained run, the fold's manifest index, the experiment config."""
+    return {"trained": RUN_DIR.format(**wildcards) + "/train_summary.json",
+            "manifests": run_manifest_set(wildcards)}
+
+
 def base_learner_args(wildcards):
     """The fold and the method; its method_overrides too, so the method is built as its runs build it."""
     return override_arguments(job_overrides(wildcards))
@@ -313,8 +369,15 @@ def eval_dirs(tag):
 _EVAL_DIRS = {}
 
 
-def eval_summaries(wildcards):
-    return [d + "/summary.json" for d in eval_dirs(wildcards.dataset)]
+def run_indexes(tag):
+    """The evaluate job's output (its index of the run's evaluations) of every run of a dataset."""
+    return [EVALUATED.format(**path_fields(tag, method=m, variant=v, fold=fold, train_shot=train_shot,
+                                           train_seed=seed))
+            for m, v, fold, train_shot, seed, _ in runs(tag)]
+
+
+def dataset_run_indexes(wildcards):
+    return run_indexes(wildcards.dataset)
 
 
 def method_variants(tag):
@@ -387,7 +450,25 @@ def report_spec(wildcards):
 
 
 def all_evaluation_targets():
-    """Every evaluation summary, requested directly: Snakemake (≥ 7.7) does not remake a deleted
-    intermediate file whose dependants are up to date, so a deleted evaluation is rerun only when it
-    is itself a target (and the aggregate and report then follow, being older than it)."""
-    return [d + "/summary.json" for tag in config["datasets"] for d in eval_dirs(tag)]
+    """Every run's index of its evaluations, requested directly: Snakemake (≥ 7.7) does not remake a
+    deleted intermediate file whose dependants are up to date, so a deleted index is remade (its run
+    evaluated again) only when it is itself a target (and the aggregate and report then follow)."""
+    return [path for tag in config["datasets"] for path in run_indexes(tag)]
+
+
+def check_evaluations():
+    """Stop the plan when a file of an evaluation that a run's index lists is gone (the evaluate job
+    declares only the index, so Snakemake cannot see it): name the file and how to redo the run."""
+    for tag in config["datasets"]:
+        for index in run_indexes(tag):
+            if not os.path.isfile(index):
+                continue
+            eval_root = os.path.dirname(index)
+            for entry in json.loads(Path(index).read_text())["evaluations"]:
+                for name in entry["files"]:
+                    path = os.path.join(eval_root, entry["folder"], name)
+                    if not os.path.isfile(path):
+                        raise ValueError(
+                            f"{path} is missing, but {index} lists it as written: delete {index} and run "
+                            "the workflow again to redo that run's evaluations"
+                        )

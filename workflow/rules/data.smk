@@ -22,10 +22,11 @@ rule prepare:
 rule pretrain:
     input:
         prepared=prepared_input,
-        experiment=experiment_file,
     output:
         BACKBONE,
     params:
+        experiment=experiment_file,
+        config_digest=config_digest,
         sets=pretrain_args,
     priority: 20
     log:
@@ -36,7 +37,7 @@ rule pretrain:
         mem_mb=8000,
         runtime=120,
     shell:
-        "OMP_NUM_THREADS={threads} fsseg pretrain -c {input.experiment} {params.sets} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} fsseg pretrain -c {params.experiment} {params.sets} --out {output} > {log} 2>&1"
 
 
 # A method's base learner (BAM's PSPNet) on the fold's base classes, before any training of that method
@@ -45,10 +46,11 @@ rule base_learner:
     input:
         prepared=prepared_input,
         backbone=backbone_input,
-        experiment=experiment_file,
     output:
         BASE_LEARNER,
     params:
+        experiment=experiment_file,
+        config_digest=config_digest,
         sets=base_learner_args,
     priority: 15
     log:
@@ -59,5 +61,5 @@ rule base_learner:
         mem_mb=8000,
         runtime=240,
     shell:
-        "OMP_NUM_THREADS={threads} fsseg base-learner -c {input.experiment} {params.sets} --out {output} "
+        "OMP_NUM_THREADS={threads} fsseg base-learner -c {params.experiment} {params.sets} --out {output} "
         "> {log} 2>&1"

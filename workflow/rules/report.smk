@@ -3,7 +3,7 @@
 
 rule aggregate:
     input:
-        eval_summaries,
+        dataset_run_indexes,
     output:
         evaluations=f"{RESULTS}/{{dataset}}/aggregate/evaluations.csv",
         records=f"{RESULTS}/{{dataset}}/aggregate/records.csv.gz",
@@ -20,7 +20,7 @@ rule aggregate:
 
         os.makedirs(params.out, exist_ok=True)
         with open(params.list_file, "w") as handle:
-            handle.writelines(os.path.dirname(p) + "\n" for p in input)
+            handle.writelines(folder + "\n" for folder in eval_dirs(wildcards.dataset))
         shell("fsseg aggregate --evals-from {params.list_file} --out {params.out} > {log} 2>&1")
 
 

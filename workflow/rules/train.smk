@@ -7,13 +7,12 @@
 # a training started last left one core idle for its whole length).
 rule train:
     input:
-        prepared=prepared_input,
-        backbone=backbone_input,
-        base_learner=base_learner_input,
-        experiment=experiment_file,
+        unpack(train_inputs),
     output:
         RUN_DIR + "/train_summary.json",
     params:
+        experiment=experiment_file,
+        config_digest=config_digest,
         sets=train_args,
     priority: 10
     log:
@@ -24,5 +23,5 @@ rule train:
         mem_mb=16000,
         runtime=720,
     shell:
-        "OMP_NUM_THREADS={threads} fsseg train -c {input.experiment} {params.sets} --replace-changed "
+        "OMP_NUM_THREADS={threads} fsseg train -c {params.experiment} {params.sets} --replace-changed "
         "> {log} 2>&1"
