@@ -24,8 +24,10 @@ from fsseg.config import load_config
 from fsseg.engine.build import run_id
 from fsseg.errors import ConfigError, FssegError
 from fsseg.records import evaluation_identity
+from fsseg.report import captions
 from fsseg.report.artefacts import FIGURES, TABLES
 from fsseg.report.build import build_report
+from fsseg.report.spec import ReportSpec, RunRef
 from fsseg.stats import compare_family, compare_records, holm
 from tests.test_aggregate import real_evaluations, write_fake_evaluation
 from tests.toy_dataset import toy_config_maker
@@ -626,3 +628,13 @@ def test_training_curve_inputs_must_be_finished_runs(fake_report, tmp_path):
         train_logs_of([log])
     with pytest.raises(FssegError, match=r"does not exist: the run is not trained"):
         train_logs_of([tmp_path / "train_summary.json"])
+
+
+def test_main_caption_names_the_methods_run_on_fewer_train_seeds(fake_report):
+    """grid.method_train_seeds: a method with fewer seeds is named, so its cells without sd are explained."""
+    spec = ReportSpec(dataset="toy", flagship=RunRef("panet"), baselines=[RunRef("colour_floor")])
+    protocol = fake_report["agg"].protocol
+    plain = captions.main_caption(spec, protocol, "miou", 3, 2, {1: [1]}, [])
+    fewer = captions.main_caption(spec, protocol, "miou", 3, 2, {1: [1]}, [], None, {"colour_floor": 1})
+    assert "mean ± sd over 3 train seeds;" in plain and "fewer" not in plain
+    assert "mean ± sd over 3 train seeds (fewer for colour_floor 1 train seed: no sd with one);" in fewer

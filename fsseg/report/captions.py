@@ -139,9 +139,13 @@ def main_caption(
     train_shots: dict[int, list[int]],
     missing: Sequence[str],
     unused_support: dict[str, float] | None = None,
+    fewer_seeds: dict[str, int] | None = None,
 ) -> str:
     short = METRIC_SHORT[metric]
     spread = f"mean ± sd over {n_train_seeds} train seeds" if n_train_seeds > 1 else "one train seed (no sd)"
+    if fewer_seeds:
+        fewer = ", ".join(f"{label} {_plural(n, 'train seed')}" for label, n in fewer_seeds.items())
+        spread += f" (fewer for {fewer}: no sd with one)"
     return _ending(
         spec,
         protocol,

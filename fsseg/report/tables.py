@@ -247,6 +247,7 @@ def main_table(
         groups.append((f"{shot}-shot", len(fold_columns)))
     rows, data = [], []
     train_seed_counts, episode_seed_counts, missing = set(), set(), []
+    seeds_of: dict[str, int] = {}
     train_shots: dict[int, list[int]] = {}
     for ref in spec.main_runs:
         row = [ref.display + (f" {SUPPORT_UNUSED_MARK}" if ref.display in unused_support else "")]
@@ -259,6 +260,7 @@ def main_table(
             train_shots.setdefault(shot, []).append(run.train_shot)
             cells = fold_cells(run.units(metric), folds)
             train_seed_counts.add(cells[MEAN].n)
+            seeds_of[ref.display] = max(seeds_of.get(ref.display, 0), cells[MEAN].n)
             episode_seed_counts.add(n_episode_seeds(run))
             for key in fold_columns:
                 cell = cells[key]
@@ -292,6 +294,7 @@ def main_table(
         train_shots,
         missing,
         unused_support,
+        {label: n for label, n in seeds_of.items() if n < max(train_seed_counts, default=0)},
     )
     frame = pd.DataFrame(
         data,
