@@ -62,8 +62,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_episodes(args: argparse.Namespace) -> None:
-    import dataclasses
-
     from fsseg.atomic import write_json
     from fsseg.engine.build import build_dataset
     from fsseg.engine.evaluate import ensure_manifest
@@ -83,7 +81,7 @@ def cmd_episodes(args: argparse.Namespace) -> None:
     entries = []
     for shot in args.shots or [cfg.eval.shot]:
         for seed in args.episode_seeds or [cfg.eval.episode_seed]:
-            one = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, shot=shot, episode_seed=seed))
+            one = cfg.tested_on(shot, seed)
             manifest = ensure_manifest(one, adapter, one.manifest_path)
             entries.append(
                 {

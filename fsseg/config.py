@@ -279,6 +279,11 @@ class ExperimentConfig:
             f"-fold{self.fold}_{self.train.shot}shot_seed{self.train.train_seed}"
         )
 
+    def tested_on(self, shot: int, episode_seed: int) -> ExperimentConfig:
+        """This config with ``eval.shot`` and ``eval.episode_seed`` replaced (one test manifest of a run)."""
+        test = dataclasses.replace(self.eval, shot=shot, episode_seed=episode_seed)
+        return dataclasses.replace(self, eval=test)
+
     def _path_fields(self) -> dict[str, Any]:
         return keys.path_values(self)
 

@@ -105,7 +105,7 @@ def evaluate_run(
     entries = []
     for shot in shots:
         for seed in episode_seeds:
-            one = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, shot=shot, episode_seed=seed))
+            one = cfg.tested_on(shot, seed)
             diagnose = shot in (diagnose_shots or [])
             out = evaluate(
                 one, untrained=untrained, diagnose=diagnose, method=method, adapter=adapter, images=images

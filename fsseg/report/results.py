@@ -210,12 +210,14 @@ def baseline_family(
     if not present:
         return FamilyResult(kind, name, [], missing)
     # A baseline run on fewer train seeds (grid.method_train_seeds) is compared on the units both have.
+    flagship_units = run_units(flagship)
     pairs = {}
     for label, run in present.items():
-        shared = run_units(flagship) & run_units(run)
+        units = run_units(run)
+        shared = flagship_units & units
         pairs[label] = (
-            restrict_to_units(flagship, shared) if shared != run_units(flagship) else flagship,
-            restrict_to_units(run, shared) if shared != run_units(run) else run,
+            restrict_to_units(flagship, shared) if shared != flagship_units else flagship,
+            restrict_to_units(run, shared) if shared != units else run,
         )
     present = {label: b for label, (_, b) in pairs.items()}
     try:

@@ -246,8 +246,8 @@ def main_table(
         columns += [f"fold {f}" if f != MEAN else "mean" for f in fold_columns]
         groups.append((f"{shot}-shot", len(fold_columns)))
     rows, data = [], []
-    train_seed_counts, episode_seed_counts, missing = set(), set(), []
-    seeds_of: dict[str, int] = {}
+    episode_seed_counts, missing = set(), []
+    seeds_of: dict[str, int] = {}  # train seeds of each method's mean cells (the most over its shots)
     train_shots: dict[int, list[int]] = {}
     for ref in spec.main_runs:
         row = [ref.display + (f" {SUPPORT_UNUSED_MARK}" if ref.display in unused_support else "")]
@@ -259,7 +259,6 @@ def main_table(
                 continue
             train_shots.setdefault(shot, []).append(run.train_shot)
             cells = fold_cells(run.units(metric), folds)
-            train_seed_counts.add(cells[MEAN].n)
             seeds_of[ref.display] = max(seeds_of.get(ref.display, 0), cells[MEAN].n)
             episode_seed_counts.add(n_episode_seeds(run))
             for key in fold_columns:
@@ -285,16 +284,17 @@ def main_table(
     bold = {
         (trusted[r], c) for c in range(1, len(columns)) for r in _best_rows([rows[i] for i in trusted], c)
     }
+    most_seeds = max(seeds_of.values(), default=0)
     caption = captions.main_caption(
         spec,
         protocol,
         metric,
-        max(train_seed_counts, default=0),
+        most_seeds,
         max(episode_seed_counts, default=0),
         train_shots,
         missing,
         unused_support,
-        {label: n for label, n in seeds_of.items() if n < max(train_seed_counts, default=0)},
+        {label: n for label, n in seeds_of.items() if n < most_seeds},
     )
     frame = pd.DataFrame(
         data,

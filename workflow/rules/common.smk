@@ -342,7 +342,7 @@ def train_inputs(wildcards):
 
 
 def evaluate_inputs(wildcards):
-    """An evaluation job's inputs: the trained run, the fold's manifest index, the experiment config."""
+    """An evaluation job's inputs: the trained run and the fold's manifest index."""
     return {"trained": RUN_DIR.format(**wildcards) + "/train_summary.json",
             "manifests": run_manifest_set(wildcards)}
 
@@ -370,10 +370,17 @@ _EVAL_DIRS = {}
 
 
 def run_indexes(tag):
-    """The evaluate job's output (its index of the run's evaluations) of every run of a dataset."""
-    return [EVALUATED.format(**path_fields(tag, method=m, variant=v, fold=fold, train_shot=train_shot,
+    """The evaluate job's output (its index of the run's evaluations) of every run of a dataset (computed
+    once: the evaluation check, rule all and the aggregate ask)."""
+    if tag not in _RUN_INDEXES:
+        _RUN_INDEXES[tag] = [
+            EVALUATED.format(**path_fields(tag, method=m, variant=v, fold=fold, train_shot=train_shot,
                                            train_seed=seed))
             for m, v, fold, train_shot, seed, _ in runs(tag)]
+    return list(_RUN_INDEXES[tag])
+
+
+_RUN_INDEXES = {}
 
 
 def dataset_run_indexes(wildcards):
