@@ -216,9 +216,30 @@ class BaseLearnerConfig:
     iterations: int = opt(
         1500, help="steps of the base learner's semantic segmentation of the base classes", ge=1
     )
+    epochs: int | None = opt(
+        None,
+        help="length in epochs of the base learner's training images instead (iterations = epochs x "
+        "floor(images / batch_size), as BAM's train_base.py); null: base_learner.iterations",
+        ge=1,
+    )
     batch_size: int = opt(16, help="images per step", ge=1)
-    lr: float = opt(1e-3, help="Adam learning rate (cosine decay to zero)", gt=0)
-    weight_decay: float = opt(1e-4, help="Adam weight decay", ge=0)
+    optimizer: Literal["adam", "sgd"] = opt(
+        "adam", help="adam (ours: the pretraining's loop) or sgd (BAM's train_base.py, with momentum)"
+    )
+    lr: float = opt(1e-3, help="learning rate of the backbone (the head's: x head_lr_scale)", gt=0)
+    momentum: float = opt(0.9, help="SGD momentum (optimizer sgd only)", ge=0, lt=1)
+    weight_decay: float = opt(1e-4, help="weight decay (L2, either optimizer)", ge=0)
+    schedule: Literal["cosine", "poly"] = opt(
+        "cosine",
+        help="cosine decay to zero (ours) or poly: lr x (1 - step/steps)^poly_power (BAM's util/util.py)",
+    )
+    poly_power: float = opt(0.9, help="exponent of the poly schedule", gt=0)
+    head_lr_scale: float = opt(
+        1.0,
+        help="learning-rate multiplier of every parameter outside the backbone (BAM's PSPNet: 10, "
+        "index_split 0 of util/util.py poly_learning_rate)",
+        gt=0,
+    )
     seed: int = opt(
         0, help="seed of the head's initialisation and of the image draws (in the file name)", ge=0
     )

@@ -93,7 +93,8 @@ class FewShotMethod(MethodDeclaration, nn.Module):
         """The base learner as one module (its layers shared with the method, not copied): images
         [N, 3, H, W] → logits [N, 1 + n_base, h, w], channel 0 background, channel i the i-th base class.
         The harness trains it as plain semantic segmentation, caches its ``state_dict`` and loads it back,
-        frozen, before the method's own training."""
+        frozen, before the method's own training. Its encoder is its ``backbone`` attribute:
+        ``base_learner.head_lr_scale`` multiplies the learning rate of every other parameter."""
         raise ConfigError(f"method {self.registry_name!r} declares no base learner")
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:

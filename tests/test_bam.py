@@ -252,3 +252,57 @@ def test_novel_pixels_of_the_base_learner_are_ignored_or_background() -> None:
     assert ignored[[0, 4, 5, 6]].tolist() == background[[0, 4, 5, 6]].tolist() == [0, 1, 2, 3]
     assert ignored[[1, 2, 3]].tolist() == [255] * 3
     assert background[[1, 2, 3]].tolist() == [0] * 3
+
+
+def test_base_learner_sgd_poly_schedule_gives_the_head_its_larger_rate() -> None:
+    """``base_learner.optimizer: sgd`` + ``schedule: poly`` + ``head_lr_scale``: BAM's ``train_base.py``
+    optimiser (PSPNet ``get_optim`` groups, ``util/util.py`` poly with ``index_split`` 0)."""
+    from fsseg.config import BaseLearnerConfig
+    from fsseg.engine.pretrain import SegmentationFit
+    from fsseg.models.pspnet import PSPHead, PSPNet
+
+    learner = build().base_learner()
+    assert isinstance(learner, PSPNet)
+    settings = BaseLearnerConfig(
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.8,
+        weight_decay=1e-4,
+        schedule="poly",
+        poly_power=0.9,
+        head_lr_scale=10.0,
+        epochs=3,
+        batch_size=4,
+    )
+    fit = SegmentationFit.of_base_learner(settings, n_images=10)
+    assert fit.iterations == 3 * (10 // 4)  # epochs over the images, the last partial batch dropped
+    optimizer, scheduler = fit.build(learner)
+    assert isinstance(optimizer, torch.optim.SGD)
+    encoder, head = optimizer.param_groups
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in learner.backbone.parameters()}
+    assert isinstance(learner.head, PSPHead)
+    assert {id(p) for p in head["params"]} == {id(p) for p in learner.head.parameters()}
+    assert encoder["momentum"] == 0.8 and encoder["weight_decay"] == 1e-4
+    rates = []
+    for _ in range(fit.iterations):
+        rates.append((encoder["lr"], head["lr"]))
+        optimizer.step()
+        scheduler.step()
+    for step, (enc, hd) in enumerate(rates):
+        factor = (1 - step / fit.iterations) ** 0.9
+        assert enc == pytest.approx(0.01 * factor) and hd == pytest.approx(0.1 * factor)
+    assert rates[0] == pytest.approx((0.01, 0.1)) and rates[-1][0] < rates[-2][0] < rates[0][0]
+
+
+def test_base_learner_default_optimiser_is_the_pretraining_one() -> None:
+    """The default ``base_learner.*``: one Adam group at ``lr`` with a cosine decay, like the pretraining."""
+    from fsseg.config import BaseLearnerConfig, PretrainConfig
+    from fsseg.engine.pretrain import SegmentationFit
+
+    fit = SegmentationFit.of_base_learner(BaseLearnerConfig(iterations=7), n_images=3)
+    assert fit == SegmentationFit.of_pretraining(PretrainConfig(iterations=7))
+    optimizer, scheduler = fit.build(build().base_learner())
+    assert isinstance(optimizer, torch.optim.Adam) and len(optimizer.param_groups) == 1
+    assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    with pytest.raises(ConfigError, match=r"base_learner\.epochs.*2 image"):
+        SegmentationFit.of_base_learner(BaseLearnerConfig(epochs=1, batch_size=4), n_images=2)

@@ -55,7 +55,7 @@ def test_the_synthetic_benchmark_gives_every_trainable_method_its_cpu_recipe() -
     assert set(book["default"]) == trainable
     panet, pfenet, dsmfnet = (book["default"][m] for m in ("panet", "pfenet", "dsmfnet"))
     assert (panet.optimizer, panet.lr, panet.weight_decay, panet.iterations, panet.batch_size) == (
-        "sgd", 1e-3, 5e-4, 100, 8
+        "sgd", 2e-3, 5e-4, 100, 8
     )
     assert (pfenet.optimizer, pfenet.lr, pfenet.schedule, pfenet.iterations, pfenet.warmup) == (
         "adam", 3e-3, "poly", 300, 50
@@ -147,7 +147,7 @@ def test_the_recipe_files_location_is_not_part_of_the_run_identity(toy_root, tmp
     assert run_id(_config(toy_root)) != run_id(_config(toy_root, "train.recipe=official"))
     # but its values are: an edited recipe file makes another run
     edited = tmp_path / "edited.yaml"
-    edited.write_text(SYNTHETIC.read_text().replace("lr: 1.0e-3", "lr: 2.0e-3", 1))
+    edited.write_text(SYNTHETIC.read_text().replace("lr: 2.0e-3", "lr: 4.0e-3", 1))  # PANet's
     assert run_id(_config(toy_root)) != run_id(_config(toy_root, recipe_file=edited))
 
 

@@ -3,9 +3,11 @@
 A method that sets ``has_base_learner`` exposes it through ``base_learner()`` (images → logits over
 background + the fold's base classes, its layers shared with the method). ``fsseg base-learner`` trains
 that module as plain semantic segmentation of the fold's base classes, with the ``base_learner.*``
-settings and the loop that pretrains backbones, and writes it to ``paths.BASE_LEARNER``: one file per
-dataset, method, backbone, fold and ``base_learner.seed``, shared by every variant, shot and train seed.
-``fsseg train`` loads it, frozen, before the method's own training. Nothing here names a method.
+settings and the loop that pretrains backbones (Adam and a cosine decay as there, or BAM's
+``train_base.py`` optimiser: SGD, poly decay, the head at ``head_lr_scale`` × the rate), and writes it
+to ``paths.BASE_LEARNER``: one file per dataset, method, backbone, fold and ``base_learner.seed``,
+shared by every variant, shot and train seed. ``fsseg train`` loads it, frozen, before the method's
+own training. Nothing here names a method.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fsseg.config import ExperimentConfig
 from fsseg.device import describe_device, resolve_device
 from fsseg.engine.build import base_learner_identity, build_dataset, build_method
 from fsseg.engine.pretrain import (
+    SegmentationFit,
     base_class_table,
     base_training_images,
     check_same_identity,
@@ -60,17 +63,18 @@ def train_base_learner(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     method = build_method(cfg)  # the backbone starts from backbone.weights, as the method's would
     learner = method.base_learner()
     n_base = len(adapter.base_classes(cfg.fold))
+    fit = SegmentationFit.of_base_learner(settings, len(image_ids))
     print(
         f"fsseg: training the base learner of {cfg.method.name} ({cfg.backbone.name}) on the {n_base} base "
-        f"classes of fold {cfg.fold} of {cfg.dataset.name} ({len(image_ids)} images, {settings.iterations} "
-        f"steps) on {describe_device(device)}, {numerics.describe()}",
+        f"classes of fold {cfg.fold} of {cfg.dataset.name} ({len(image_ids)} images, {fit.iterations} "
+        f"steps, {fit.optimizer}, {fit.schedule}) on {describe_device(device)}, {numerics.describe()}",
         file=sys.stderr,
     )
     started = time.perf_counter()
     size = cfg.dataset.image_size
     table = base_class_table(adapter, cfg.fold, settings.novel_pixels == "background")
     final_loss = fit_semantic_segmentation(
-        learner, adapter, split, image_ids, table, settings, numerics, device, size, "base_learner"
+        learner, adapter, split, image_ids, table, fit, numerics, device, size, "base_learner"
     )
     meta = {
         "dataset": cfg.dataset.name,
@@ -80,6 +84,7 @@ def train_base_learner(cfg: ExperimentConfig, out: Path | None = None) -> Path:
         "backbone": cfg.backbone.name,
         "image_size": size,
         "n_images": len(image_ids),
+        "iterations": fit.iterations,
         "identity": base_learner_identity(cfg),
         "final_loss": final_loss,
         "seconds": round(time.perf_counter() - started, 1),

@@ -65,17 +65,18 @@ def effective_recipe(cfg: ExperimentConfig) -> TrainRecipe:
     return dataclasses.replace(recipe, **overrides)
 
 
-def iterations_for_epochs(epochs: int, n_images: int, batch_size: int) -> int:
+def iterations_for_epochs(epochs: int, n_images: int, batch_size: int, section: str = "train") -> int:
     """Optimizer steps of ``epochs`` passes over ``n_images`` in batches, the last partial batch dropped.
 
-    PFENet's ``train.py`` builds its loader with ``drop_last=True`` and sets
-    ``max_iter = epochs * len(train_loader)``, i.e. ``epochs * floor(n_images / batch_size)``.
+    PFENet's ``train.py`` (and BAM's ``train_base.py``) build the loader with ``drop_last=True`` and set
+    ``max_iter = epochs * len(train_loader)``, i.e. ``epochs * floor(n_images / batch_size)``. ``section``
+    names the config section (``train``, ``base_learner``) in the error.
     """
     per_epoch = n_images // batch_size
     if per_epoch < 1:
         raise ConfigError(
-            f"train.epochs: the filtered training list has {n_images} image(s), fewer than one batch of "
-            f"{batch_size}; lower train.batch_size or give train.iterations"
+            f"{section}.epochs: the filtered training list has {n_images} image(s), fewer than one batch of "
+            f"{batch_size}; lower {section}.batch_size or give {section}.iterations"
         )
     return epochs * per_epoch
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from fsseg.config import BaseLearnerConfig, ExperimentConfig, PretrainConfig
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.loading import augment_pair, image_tensor, mask_tensor
 from fsseg.device import describe_device, resolve_device
-from fsseg.engine.build import build_dataset, pretraining_identity
+from fsseg.engine.build import build_dataset, iterations_for_epochs, pretraining_identity
 from fsseg.engine.run_state import differing_keys
 from fsseg.errors import ConfigError, DataError, TrainingDiverged
 from fsseg.method import BackboneSpec
@@ -68,39 +69,106 @@ class StageClassifier(nn.Module):
         return self.head(self.backbone(images, stages=(self.stage,))[self.stage])
 
 
+@dataclass(frozen=True)
+class SegmentationFit:
+    """How :func:`fit_semantic_segmentation` steps: length, batch, seed of the image draws and optimiser.
+
+    The pretraining always uses Adam with a cosine decay to zero (:meth:`of_pretraining`); a base learner
+    may instead use BAM's ``train_base.py`` optimiser: SGD with momentum, a poly decay and a larger rate
+    for the head (:meth:`of_base_learner`).
+    """
+
+    iterations: int
+    batch_size: int
+    seed: int
+    lr: float
+    weight_decay: float
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    poly_power: float = 0.9
+    head_lr_scale: float = 1.0
+
+    @classmethod
+    def of_pretraining(cls, settings: PretrainConfig) -> SegmentationFit:
+        s = settings
+        return cls(s.iterations, s.batch_size, s.seed, s.lr, s.weight_decay)
+
+    @classmethod
+    def of_base_learner(cls, settings: BaseLearnerConfig, n_images: int) -> SegmentationFit:
+        """``base_learner.*``, the length from ``base_learner.epochs`` over ``n_images`` when set."""
+        iterations = settings.iterations
+        if settings.epochs is not None:
+            iterations = iterations_for_epochs(settings.epochs, n_images, settings.batch_size, "base_learner")
+        return cls(
+            iterations,
+            settings.batch_size,
+            settings.seed,
+            settings.lr,
+            settings.weight_decay,
+            settings.optimizer,
+            settings.momentum,
+            settings.schedule,
+            settings.poly_power,
+            settings.head_lr_scale,
+        )
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of every group's initial rate after ``step`` optimizer steps (poly schedule)."""
+        return (1.0 - step / self.iterations) ** self.poly_power
+
+    def build(self, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """Optimizer and per-step scheduler over ``model``'s parameters. With ``head_lr_scale`` ≠ 1 the
+        parameters of ``model.backbone`` keep ``lr`` and every other one gets ``lr × head_lr_scale``."""
+        params = list(model.parameters())
+        if self.head_lr_scale == 1.0:
+            groups: list[dict] = [{"params": params, "lr": self.lr}]
+        else:
+            encoder = {id(p) for p in model.backbone.parameters()}
+            groups = [
+                {"params": [p for p in params if id(p) in encoder], "lr": self.lr},
+                {"params": [p for p in params if id(p) not in encoder], "lr": self.lr * self.head_lr_scale},
+            ]
+        if self.optimizer == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                groups, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            )
+        else:
+            optimizer = torch.optim.Adam(groups, lr=self.lr, weight_decay=self.weight_decay)
+        if self.schedule == "poly":
+            return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.iterations)
+
+
 def fit_semantic_segmentation(
     model: nn.Module,
     adapter: DatasetAdapter,
     split: str,
     image_ids: list[str],
     table: np.ndarray,
-    settings: PretrainConfig | BaseLearnerConfig,
+    fit: SegmentationFit,
     numerics: Numerics,
     device: torch.device,
     size: int,
     label: str,
 ) -> float:
-    # ``label`` names the config section of ``settings`` in the progress line and in errors
+    # ``label`` names the config section the settings come from in the progress line and in errors
     """Train ``model`` (images → logits [N, classes, h, w]) in place as plain semantic segmentation.
 
     Every parameter of ``model`` is trained (``requires_grad`` switched on); labels are ``table`` applied to
-    the masks (255 ignored). ``settings`` (``pretrain.*`` or ``base_learner.*``) give steps, batch, Adam
-    learning rate (cosine decay to zero), weight decay and the seed of the image draws. Returns the last
-    step's loss.
+    the masks (255 ignored). ``fit`` gives steps, batch, optimiser and the seed of the image draws.
+    Returns the last step's loss.
     """
     model = numerics.apply(model.to(device))
     for p in model.parameters():
         p.requires_grad = True
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
-    progress = Progress(label, settings.iterations)
+    optimizer, scheduler = fit.build(model)
+    progress = Progress(label, fit.iterations)
     model.train()
     loss = torch.tensor(float("nan"))
-    for it in range(settings.iterations):
-        rng = np.random.default_rng([settings.seed, it])
-        picks = rng.choice(
-            len(image_ids), size=settings.batch_size, replace=len(image_ids) < settings.batch_size
-        )
+    for it in range(fit.iterations):
+        rng = np.random.default_rng([fit.seed, it])
+        picks = rng.choice(len(image_ids), size=fit.batch_size, replace=len(image_ids) < fit.batch_size)
         images, labels = [], []
         for index in picks:
             image = adapter.load_image(split, image_ids[index])
@@ -207,8 +275,9 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     )
     started = time.perf_counter()
     size = cfg.dataset.image_size
+    fit = SegmentationFit.of_pretraining(settings)
     final_loss = fit_semantic_segmentation(
-        model, adapter, split, image_ids, table, settings, numerics, device, size, "pretrain"
+        model, adapter, split, image_ids, table, fit, numerics, device, size, "pretrain"
     )
     meta = {
         "dataset": cfg.dataset.name,
