@@ -503,7 +503,7 @@ def test_report_from_real_evaluations_through_the_cli(real_grid, tmp_path, capsy
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert len(files) == 6 * 4 + 7 * 3 + 1  # 6 tables (md, tex, csv, caption), 7 figures (png, pdf, caption)
+    assert len(files) == 7 * 4 + 7 * 3 + 1  # 7 tables (md, tex, csv, caption), 7 figures (png, pdf, caption)
     for rel in files:  # reruns give the same bytes, figures included
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     data = _csv(tmp_path / "a" / "tables" / "significance.csv")
@@ -638,3 +638,49 @@ def test_main_caption_names_the_methods_run_on_fewer_train_seeds(fake_report):
     fewer = captions.main_caption(spec, protocol, "miou", 3, 2, {1: [1]}, [], None, {"colour_floor": 1})
     assert "mean ± sd over 3 train seeds;" in plain and "fewer" not in plain
     assert "mean ± sd over 3 train seeds (fewer for colour_floor 1 train seed: no sd with one);" in fewer
+
+
+def test_loss_summary_measures_the_fall_and_the_late_change() -> None:
+    """First/last/ratio, and the change of the mean loss over the last fifth against the fifth before."""
+    import pandas as pd
+
+    from fsseg.report.tables import loss_summary
+
+    iterations = [1, 20, 40, 60, 80, 100]
+    falling = loss_summary(pd.DataFrame({"iteration": iterations, "loss": [2.0, 1.6, 1.2, 1.0, 0.9, 0.8]}))
+    assert (falling["first"], falling["last"]) == (2.0, 0.8) and falling["ratio"] == pytest.approx(0.4)
+    assert falling["late_change"] == pytest.approx(0.8 / 0.9 - 1)  # (80, 100] against (60, 80]
+    flat = loss_summary(pd.DataFrame({"iteration": iterations, "loss": [2.0, 1.0, 0.5, 0.5, 0.5, 0.5]}))
+    assert flat["late_change"] == pytest.approx(0.0) and flat["ratio"] == pytest.approx(0.25)
+    rising = loss_summary(pd.DataFrame({"iteration": [1, 100], "loss": [1.0, 0.9]}))
+    assert math.isnan(rising["late_change"])  # no log line in the fifth before the last
+
+
+def test_training_table_counts_the_runs_whose_loss_fell_enough(fake_report, tmp_path):
+    from fsseg.report.build import train_logs_of
+    from fsseg.report.results import select_runs
+    from fsseg.report.spec import load_spec
+    from fsseg.report.tables import training_table
+
+    spec = load_spec(fake_report["root"] / "spec.yaml")
+    runs = select_runs(fake_report["agg"], spec.all_runs, spec.shots)
+    protocol = fake_report["agg"].protocol
+    given = train_logs_of(fake_report["train_runs"])
+    table = training_table(runs, spec, protocol, given)
+    untrained = {r.display for r in spec.all_runs} - set(table.data["label"])
+    assert untrained == {"colour floor"}  # no training log: no row
+    # the fixture's losses, 1 / (1 + skill · iteration / 10), end at about a quarter of their start
+    assert (table.data["runs_within_bound"] == table.data["runs"]).all()
+    assert (table.data["ratio_max"] < 0.3).all() and (table.data["late_change_mean"] < 0).all()
+    assert all(row[5] == f"{n}/{n}" for row, n in zip(table.rows, table.data["runs"], strict=True))
+
+    # one run whose loss hardly fell: counted out, and its ratio is the largest
+    slow = tmp_path / "train_log.jsonl"
+    slow.write_text(
+        "".join(json.dumps({"iteration": i, "loss": 1.0 - i / 1000}) + "\n" for i in (1, 50, 100))
+    )
+    run_dir = next(iter(given))
+    changed = training_table(runs, spec, protocol, {**given, run_dir: slow}).data
+    assert changed["runs_within_bound"].sum() == table.data["runs_within_bound"].sum() - 1
+    assert changed["ratio_max"].max() == pytest.approx(0.9 / 0.999)
+    assert training_table(runs, spec, protocol, {}).rows == []  # no logs given: no rows

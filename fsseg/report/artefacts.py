@@ -98,6 +98,13 @@ ARTEFACTS: tuple[Artefact, ...] = (
         "diagnostics", _AGG_SPEC,
     ),
     Artefact(
+        "training", "table", "Does each method's training loss fall and settle?",
+        "per trained method, over its runs: the first and last logged training loss, the range of their "
+        "ratio, the runs whose loss ended at most 0.7 × where it started, and the loss's change over the "
+        "last fifth of training (has it settled?)",
+        "training", (*_AGG_SPEC, "train_runs"),
+    ),
+    Artefact(
         "per_fold_miou", "figure", "Class mIoU per fold",
         "class-wise mIoU (%) per fold and averaged over folds, one panel per test shot. Bars: mean over "
         "train seeds; whiskers: 95% t confidence interval over train seeds; dots: the individual train "

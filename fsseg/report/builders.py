@@ -87,6 +87,10 @@ def diagnostics(x: ReportInputs) -> tables.Table:
     return tables.diagnostics_table(x.aggregate.diagnostics, x.spec, x.protocol)
 
 
+def training(x: ReportInputs) -> tables.Table:
+    return tables.training_table(x.runs, x.spec, x.protocol, x.train_logs)
+
+
 # --- figures -------------------------------------------------------------------------------------------
 
 

@@ -281,3 +281,22 @@ def diagnostics_caption(spec: ReportSpec, protocol: dict[str, Any], probes: Sequ
             "Each cell: mean ± sd over units (fold × train seed)",
         ],
     )
+
+
+def training_caption(spec: ReportSpec, protocol: dict[str, Any], bound: float, fifth: float) -> str:
+    return _ending(
+        spec,
+        protocol,
+        [
+            f"{spec.title}: does each method's training loss fall, and has it settled? One row per method, "
+            "over its trained runs (fold × train shot × train seed). A logged loss is the mean over the "
+            "iterations since the previous log line; the first is the first iteration alone",
+            "First, Last: the first and the last logged loss, mean ± sd over runs",
+            "Last / first: the smallest and the largest ratio of a run's last to its first logged loss; "
+            f"≤ {bound:g} × first: the runs whose loss ended at most {bound:g} times where it started (a run "
+            "above hardly learned)",
+            f"Last {fifth:.0%}: the mean logged loss over the last {fifth:.0%} of the iterations against "
+            f"the {fifth:.0%} before them, in % (mean ± sd over runs): near 0 the loss had settled when "
+            "training stopped, clearly negative it was still falling (a longer schedule would change it)",
+        ],
+    )

@@ -11,7 +11,6 @@ inputs and library versions gives the same bytes.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fsseg.atomic import write_bytes
-from fsseg.report.results import MEAN, Cell, FamilyResult, Run, class_iou_means, fold_cells, significant
+from fsseg.report.results import (
+    MEAN,
+    Cell,
+    FamilyResult,
+    Run,
+    class_iou_means,
+    fold_cells,
+    run_loss_logs,
+    significant,
+)
 from fsseg.report.spec import RunRef
 
 _DPI = 150
@@ -180,14 +188,6 @@ def class_heatmap_figure(
 # Training curves
 
 
-def read_train_log(path: Path) -> pd.DataFrame:
-    """Rows of a ``train_log.jsonl`` that carry losses (validation rows are kept in ``val_miou``)."""
-    if not path.is_file():
-        return pd.DataFrame()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return pd.DataFrame(rows)
-
-
 def training_curves_figure(
     runs: dict[tuple[str, int], Run],
     refs: Sequence[RunRef],
@@ -206,21 +206,10 @@ def training_curves_figure(
         for ax in axes[len(panels) :]:
             ax.set_visible(False)
         for ax, ref in zip(axes, panels, strict=False):
-            run_dirs: dict[tuple[int, int, int], str] = {}
-            for shot in shots:
-                run = runs.get((ref.display, shot))
-                if run is None:
-                    continue
-                for row in run.evaluations.itertuples(index=False):
-                    if row.run_dir:
-                        run_dirs[(int(row.fold), int(row.train_shot), int(row.train_seed))] = row.run_dir
-            logs = []
-            for (fold, train_shot, seed), run_dir in sorted(run_dirs.items()):
-                log_path = train_logs.get(Path(run_dir).resolve())
-                log = read_train_log(log_path) if log_path is not None else pd.DataFrame()
-                if not log.empty and "loss" in log.columns:
-                    log = log.dropna(subset=["loss"])[["iteration", "loss"]]
-                    logs.append(log.assign(fold=fold, train_shot=train_shot, train_seed=seed))
+            logs = [
+                log.assign(fold=fold, train_shot=train_shot, train_seed=seed)
+                for (fold, train_shot, seed), log in run_loss_logs(runs, ref, shots, train_logs).items()
+            ]
             ax.set_title(ref.display)
             if not logs:
                 _no_data(ax, "no training log\n(not trained, or run folder not found)")

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -327,3 +329,38 @@ def _short(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(map(str, value)) + "]"
     return str(value)
+
+
+# --- training logs -------------------------------------------------------------------------------------
+
+
+def read_train_log(path: Path) -> pd.DataFrame:
+    """Rows of a ``train_log.jsonl`` that carry losses (validation rows are kept in ``val_miou``)."""
+    if not path.is_file():
+        return pd.DataFrame()
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return pd.DataFrame(rows)
+
+
+def run_loss_logs(
+    runs: dict[tuple[str, int], Run], ref: RunRef, shots: Sequence[int], train_logs: Mapping[Path, Path]
+) -> dict[tuple[int, int, int], pd.DataFrame]:
+    """(fold, train shot, train seed) → the logged losses (``iteration``, ``loss``, in iteration order) of
+    each trained run of ``ref`` the report evaluates. ``train_logs`` maps a run folder (resolved) to its
+    ``train_log.jsonl``: the logs the report was given, matched to the aggregate's ``run_dir``s; a run
+    whose log is missing or holds no loss is left out."""
+    run_dirs: dict[tuple[int, int, int], str] = {}
+    for shot in shots:
+        run = runs.get((ref.display, shot))
+        if run is None:
+            continue
+        for row in run.evaluations.itertuples(index=False):
+            if row.run_dir:
+                run_dirs[(int(row.fold), int(row.train_shot), int(row.train_seed))] = row.run_dir
+    logs = {}
+    for key, run_dir in sorted(run_dirs.items()):
+        log_path = train_logs.get(Path(run_dir).resolve())
+        log = read_train_log(log_path) if log_path is not None else pd.DataFrame()
+        if not log.empty and "loss" in log.columns:
+            logs[key] = log.dropna(subset=["loss"])[["iteration", "loss"]].sort_values("iteration")
+    return logs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from fsseg.report.results import (
     fold_cells,
     n_episode_seeds,
     restrict_to_units,
+    run_loss_logs,
     significant,
 )
 from fsseg.report.spec import ReportSpec, RunRef
@@ -559,3 +560,85 @@ def diagnostics_table(diagnostics: pd.DataFrame, spec: ReportSpec, protocol: dic
     caption = captions.diagnostics_caption(spec, protocol, others)
     frame = pd.DataFrame(data)
     return Table("diagnostics", columns, shown, caption, frame, align="lr" + "r" * (len(columns) - 2))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training: does the loss fall, has it settled?
+
+LOSS_RATIO_BOUND = 0.7
+"""A run whose last logged loss is above this multiple of its first hardly learned (the "learns" bound of
+the default benchmark)."""
+SETTLE_WINDOW = 0.2
+"""Share of the iterations over which the loss's late change is measured, against the share before."""
+
+
+def _mean_sd_text(values: pd.Series, digits: int = 3) -> str:
+    """Mean ± sd (ddof 1) of the non-missing values; the mean alone for one, a dash for none."""
+    values = values.dropna()
+    if values.empty:
+        return DASH
+    text = f"{values.mean():.{digits}f}"
+    return text if len(values) < 2 else f"{text} ± {values.std(ddof=1):.{digits}f}"
+
+
+def loss_summary(log: pd.DataFrame, window: float = SETTLE_WINDOW) -> dict[str, float]:
+    """One run's logged losses (``iteration``, ``loss``, in order): first, last, their ratio, and the
+    relative change of the mean loss over the last ``window`` of the iterations against the ``window``
+    before (NaN when either holds no log line)."""
+    iterations = log["iteration"].to_numpy(dtype=float)
+    losses = log["loss"].to_numpy(dtype=float)
+    end = iterations[-1]
+    late = losses[iterations > (1 - window) * end]
+    before = losses[(iterations > (1 - 2 * window) * end) & (iterations <= (1 - window) * end)]
+    change = late.mean() / before.mean() - 1 if len(late) and len(before) else math.nan
+    return {"first": losses[0], "last": losses[-1], "ratio": losses[-1] / losses[0], "late_change": change}
+
+
+def training_table(
+    runs: dict[tuple[str, int], Run],
+    spec: ReportSpec,
+    protocol: dict[str, Any],
+    train_logs: Mapping[Path, Path],
+) -> Table:
+    """Per trained method (every run the report shows): first and last logged loss, the range of their
+    ratio, how many runs end at most :data:`LOSS_RATIO_BOUND` × their start, and the loss's change over the
+    last :data:`SETTLE_WINDOW` of training (has it settled?)."""
+    late_label = f"Last {SETTLE_WINDOW:.0%}"
+    bound_label = f"≤ {LOSS_RATIO_BOUND:g} × first"
+    columns = ["Method", "Runs", "First", "Last", "Last / first", bound_label, late_label]
+    shown, data = [], []
+    for ref in spec.all_runs:
+        logs = run_loss_logs(runs, ref, spec.shots, train_logs)
+        if not logs:
+            continue  # not trained (or its logs were not given)
+        frame = pd.DataFrame([loss_summary(log) for log in logs.values()])
+        n = len(frame)
+
+        within = int((frame["ratio"] <= LOSS_RATIO_BOUND).sum())
+        shown.append(
+            [
+                ref.display,
+                str(n),
+                _mean_sd_text(frame["first"]),
+                _mean_sd_text(frame["last"]),
+                f"{frame['ratio'].min():.2f}–{frame['ratio'].max():.2f}",
+                f"{within}/{n}",
+                _mean_sd_text(100 * frame["late_change"], 1).replace("-", "−"),
+            ]
+        )
+        data.append(
+            {
+                "label": ref.display,
+                "runs": n,
+                "first_mean": frame["first"].mean(),
+                "last_mean": frame["last"].mean(),
+                "ratio_min": frame["ratio"].min(),
+                "ratio_max": frame["ratio"].max(),
+                "runs_within_bound": within,
+                "late_change_mean": frame["late_change"].mean(),
+                "late_change_max": frame["late_change"].max(),
+            }
+        )
+    caption = captions.training_caption(spec, protocol, LOSS_RATIO_BOUND, SETTLE_WINDOW)
+    frame = pd.DataFrame(data)
+    return Table("training", columns, shown, caption, frame, align="l" + "r" * (len(columns) - 1))
