@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -91,27 +91,25 @@ class SegmentationFit:
 
     @classmethod
     def of_pretraining(cls, settings: PretrainConfig) -> SegmentationFit:
-        s = settings
-        return cls(s.iterations, s.batch_size, s.seed, s.lr, s.weight_decay)
+        """``pretrain.*``: its length, batch, seed, rate and weight decay; Adam with a cosine decay."""
+        return cls(
+            iterations=settings.iterations,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+        )
 
     @classmethod
     def of_base_learner(cls, settings: BaseLearnerConfig, n_images: int) -> SegmentationFit:
-        """``base_learner.*``, the length from ``base_learner.epochs`` over ``n_images`` when set."""
-        iterations = settings.iterations
+        """``base_learner.*`` (every field of this class is one of them), the length from
+        ``base_learner.epochs`` over ``n_images`` when set."""
+        values = {f.name: getattr(settings, f.name) for f in fields(cls)}
         if settings.epochs is not None:
-            iterations = iterations_for_epochs(settings.epochs, n_images, settings.batch_size, "base_learner")
-        return cls(
-            iterations,
-            settings.batch_size,
-            settings.seed,
-            settings.lr,
-            settings.weight_decay,
-            settings.optimizer,
-            settings.momentum,
-            settings.schedule,
-            settings.poly_power,
-            settings.head_lr_scale,
-        )
+            values["iterations"] = iterations_for_epochs(
+                settings.epochs, n_images, settings.batch_size, "base_learner"
+            )
+        return cls(**values)
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of every group's initial rate after ``step`` optimizer steps (poly schedule)."""

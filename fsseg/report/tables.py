@@ -613,7 +613,6 @@ def training_table(
             continue  # not trained (or its logs were not given)
         frame = pd.DataFrame([loss_summary(log) for log in logs.values()])
         n = len(frame)
-
         within = int((frame["ratio"] <= LOSS_RATIO_BOUND).sum())
         shown.append(
             [
