@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from fsseg.method import FewShotMethod
 
@@ -53,3 +54,20 @@ def assert_a_few_steps_lower_the_loss(model: FewShotMethod) -> None:
         model.loss(model(episode), episode)["loss"].backward()
         optimizer.step()
     assert eval_loss() < 0.8 * before
+
+
+def assert_prior_gain_reparametrises(
+    plain: FewShotMethod, gained: FewShotMethod, gain: float, prior_columns: list[nn.Conv2d]
+) -> None:
+    """``gained`` (``prior_gain`` = ``gain``, same initial weights as ``plain``) is the same network as
+    ``plain`` once the weight column that reads the prior, the last input channel of each of
+    ``prior_columns`` (convs of ``gained``), is divided by ``gain``; before that its logits differ."""
+    episode = make_episode(batch=2, shots=1, seed=5)
+    plain.eval()
+    gained.eval()
+    with torch.no_grad():
+        reference = plain(episode)["logits"]
+        assert not torch.allclose(gained(episode)["logits"], reference, rtol=1e-4, atol=1e-5)
+        for conv in prior_columns:
+            conv.weight[:, -1] /= gain
+        torch.testing.assert_close(gained(episode)["logits"], reference, rtol=1e-4, atol=1e-5)

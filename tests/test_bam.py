@@ -18,7 +18,11 @@ from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec
 from fsseg.registry import METHODS
 from fsseg_methods.bam.model import BAM, gram_difference, normalised_gram
-from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
+from tests.method_checks import (
+    assert_a_few_steps_lower_the_loss,
+    assert_prior_gain_reparametrises,
+    make_episode,
+)
 
 CPU_BACKBONE = BackboneSpec(name="resnet18", max_stage="layer3")  # the synthetic default's cut
 SYNTHETIC_RECIPES = str(Path(__file__).resolve().parents[1] / "config" / "recipes" / "synthetic.yaml")
@@ -167,6 +171,11 @@ def test_training_leaves_the_episode_class_out_of_the_base_map() -> None:
     assert torch.allclose(train_map[1], torch.ones(1, 3, 3), atol=1e-6)  # another base class
     model.eval()
     assert torch.allclose(model.base_map(base, class_id), torch.ones(2, 1, 3, 3), atol=1e-6)
+
+
+def test_prior_gain_is_a_reparametrisation_of_the_merge() -> None:
+    gained = build(prior_gain=30.0)
+    assert_prior_gain_reparametrises(build(), gained, 30.0, [gained.init_merge[0]])
 
 
 def test_shot_weights() -> None:

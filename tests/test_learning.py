@@ -15,27 +15,24 @@ classes), each method with its default CPU recipe and the default grid's ``metho
 (config/default.yaml), 100 one-shot test episodes. The pretraining is most of the cost and was not
 cut: pretrained for 600 or 1,000 steps on half the pretraining images, PANet's swap drop fell to
 between -0.1 and 1.4 points (its features no longer told the classes apart), which is what this test
-is there to catch. Measured on the 2-core AMD EPYC development machine (class mIoU %, points):
+is there to catch. Measured on the 2-core AMD EPYC development machine on 2026-12-03 with PFENet's and
+BAM's `prior_gain` 100 (class mIoU %, points):
 
     | method | class mIoU | swap drop | (a) | (b) |
     | --- | ---: | ---: | --- | --- |
     | colour_floor | 7.0 | 0.2 | | |
     | panet | 26.8 | 6.7 | pass | pass |
-    | pfenet | 26.5 | 0.1 | pass | **fail** (expected) |
-    | dsmfnet | 25.8 | 5.6 | pass | pass |
-    | query_only (control) | 23.3 | 0.0 | pass | **fail** (required) |
+    | pfenet | 32.3 | 8.7 | pass | pass |
+    | dsmfnet | 26.4 | 6.7 | pass | pass |
+    | hsnet | 24.4 | 5.8 | pass | pass |
+    | bam | 30.7 | 4.1 | pass | pass |
+    | query_only (control) | 21.9 | 0.0 | pass | **fail** (required) |
 
-The whole test took 4 min 45 s there (the backbone pretraining about 3.5 of them). The PANet row is
-from 2026-12-03, with its recipe at lr 2e-3 (the floor then 7.0 too); at 1e-3 it was 28.0 and 6.3.
+The whole test took 4 min 20 s there (the backbone pretraining most of it).
 
-PFENet fails (b) at this budget (it scores like the query-only control and does not drop under the
-swap; methods/pfenet/README.md has the measurements), so its case is a strict expected failure: the
-day it starts using its support, the test says so and the mark must go.
-
-HSNet and BAM joined the default grid later (issue 15); their rows were not measured in this test's
-setting when they were added, only on the default grid (methods/hsnet/README.md, methods/bam/README.md:
-HSNet 18.8-27.1 with swap drops 3.6-8.0; BAM 20.5-28.6 with swap drops -0.2 to +0.2). BAM, like PFENet,
-is a strict expected failure of (b).
+Until `prior_gain` (methods/pfenet/README.md, "The fix"), PFENet and BAM failed (b) here (PFENet 26.5 with
+a drop of 0.1: it scored like the query-only control) and were strict expected failures; that they now
+pass is the test's record of the fix.
 """
 
 from __future__ import annotations
@@ -115,20 +112,14 @@ def _passes(score: dict[str, float], floor: dict[str, float]) -> tuple[bool, boo
     return score["miou"] >= floor["miou"] + FLOOR_MARGIN, score["swap_drop"] >= SWAP_MARGIN
 
 
-def _ignores_its_support(method: str, name: str):
-    """A strict expected failure: the day the method starts using its support, the mark must go."""
-    reason = f"{name} does not use its support at the CPU budget (methods/{method}/README.md)"
-    return pytest.param(method, marks=pytest.mark.xfail(strict=True, reason=reason))
-
-
 @pytest.mark.parametrize(
     "method",
     [
         "panet",
-        _ignores_its_support("pfenet", "PFENet"),
+        "pfenet",
         "dsmfnet",
         "hsnet",
-        _ignores_its_support("bam", "BAM"),
+        "bam",
     ],
 )
 def test_method_beats_the_floor_and_drops_under_a_support_swap(bench: dict, method: str) -> None:

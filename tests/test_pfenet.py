@@ -9,7 +9,11 @@ from fsseg.method import BackboneSpec
 from fsseg.models.prior import high_level_features
 from fsseg.registry import METHODS
 from fsseg_methods.pfenet.model import PFENet
-from tests.method_checks import assert_a_few_steps_lower_the_loss, make_episode
+from tests.method_checks import (
+    assert_a_few_steps_lower_the_loss,
+    assert_prior_gain_reparametrises,
+    make_episode,
+)
 
 
 def build(variant: str = "default", backbone: str = "resnet18", **overrides) -> PFENet:
@@ -105,6 +109,12 @@ def test_prior_off_variant_runs() -> None:
 
 def test_a_few_steps_lower_the_loss() -> None:
     assert_a_few_steps_lower_the_loss(build())
+
+
+def test_prior_gain_is_a_reparametrisation_of_every_scales_merge() -> None:
+    gained = build(prior_gain=30.0)
+    merges = [merge[0] for merge in gained.init_merge]  # one per FEM scale, each reads the prior
+    assert_prior_gain_reparametrises(build(), gained, 30.0, merges)
 
 
 def test_backbone_cut_at_the_high_stage_reuses_the_query_features_with_the_same_prior(monkeypatch) -> None:

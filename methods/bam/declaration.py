@@ -42,6 +42,12 @@ class BAMParams:
         2, help="hidden width of the K-shot re-weighting (official kshot_trans_dim)", ge=1
     )
     fg_weight: float = opt(1.0, help="weight of foreground pixels in the CE losses (1 = official)", gt=0.0)
+    prior_gain: float = opt(
+        1.0,
+        help="factor on the prior map where it enters init_merge (1 = official); a reparametrisation of the "
+        "merge's prior column (see PFENet's README)",
+        gt=0.0,
+    )
 
     def validate(self, path: str) -> None:
         if not self.mid_stages:

@@ -199,7 +199,9 @@ class BAM(BAMDeclaration, FewShotMethod):
         estimate = (weights * difference).sum(1)  # [B]
 
         merged = self.init_merge(
-            torch.cat([query_feat, prototype[:, :, None, None].expand(-1, -1, *size), prior], dim=1)
+            torch.cat(
+                [query_feat, prototype[:, :, None, None].expand(-1, -1, *size), prior * p.prior_gain], dim=1
+            )
         )
         meta = self.res1_meta(self.ASPP_meta(merged))
         meta = self.res2_meta(meta) + meta

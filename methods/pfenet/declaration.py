@@ -44,6 +44,12 @@ class PFENetParams:
     )
     dropout: float = opt(0.5, help="Dropout2d after the 1×1 reductions", ge=0.0, le=1.0)
     aux_weight: float = opt(1.0, help="weight of the mean auxiliary (per-scale) CE loss", ge=0.0)
+    prior_gain: float = opt(
+        1.0,
+        help="factor on the prior map where it enters the FEM's merges (1 = official): the same network with "
+        "the merges' prior weight column reparametrised, which trains faster by that factor (see the README)",
+        gt=0.0,
+    )
     fg_weight: float = opt(
         1.0,
         help="weight of foreground pixels in the CE losses (1 = official); a short schedule on small objects "

@@ -149,7 +149,7 @@ class PFENet(PFENetDeclaration, FewShotMethod):
                 prototype[:, :, None, None].expand(-1, -1, *bin_size),
             ]
             if prior is not None:
-                parts.append(resize(prior, bin_size))
+                parts.append(resize(prior, bin_size) * self.params.prior_gain)
             merged = self.init_merge[idx](torch.cat(parts, dim=1))
             if idx > 0:
                 # Inter-scale merge: the previous (finer) scale's output, resized to this bin, refines it.
