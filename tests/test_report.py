@@ -652,8 +652,23 @@ def test_loss_summary_measures_the_fall_and_the_late_change() -> None:
     assert falling["late_change"] == pytest.approx(0.8 / 0.9 - 1)  # (80, 100] against (60, 80]
     flat = loss_summary(pd.DataFrame({"iteration": iterations, "loss": [2.0, 1.0, 0.5, 0.5, 0.5, 0.5]}))
     assert flat["late_change"] == pytest.approx(0.0) and flat["ratio"] == pytest.approx(0.25)
+    assert math.isnan(falling["end_change"])  # no log line in (80, 90]: too coarse to tell
+    fine = loss_summary(pd.DataFrame({"iteration": [1, 80, 90, 100], "loss": [2.0, 1.0, 0.9, 0.8]}))
+    assert fine["end_change"] == pytest.approx(0.8 / 0.9 - 1)  # (90, 100] against (80, 90]
     rising = loss_summary(pd.DataFrame({"iteration": [1, 100], "loss": [1.0, 0.9]}))
     assert math.isnan(rising["late_change"])  # no log line in the fifth before the last
+    assert math.isnan(rising["end_change"])
+
+
+def test_settled_counts_runs_flat_over_their_last_tenth() -> None:
+    """Settled: |last tenth / tenth before - 1| <= 1 %; runs without log lines there are not counted."""
+    import pandas as pd
+
+    from fsseg.report.tables import SETTLED_TOLERANCE, _settled_text
+
+    changes = pd.Series([0.0, -0.009, 0.0099, -0.02, 0.05, math.nan])
+    assert SETTLED_TOLERANCE == 0.01 and _settled_text(changes) == "3/5"
+    assert _settled_text(pd.Series([math.nan, math.nan])) == "–"  # the tables' dash
 
 
 def test_training_table_counts_the_runs_whose_loss_fell_enough(fake_report, tmp_path):
@@ -673,6 +688,8 @@ def test_training_table_counts_the_runs_whose_loss_fell_enough(fake_report, tmp_
     assert (table.data["runs_within_bound"] == table.data["runs"]).all()
     assert (table.data["ratio_max"] < 0.3).all() and (table.data["late_change_mean"] < 0).all()
     assert all(row[5] == f"{n}/{n}" for row, n in zip(table.rows, table.data["runs"], strict=True))
+    # 1 / (1 + c·i): still falling by more than 1 % over the last tenth, so no run counts as settled
+    assert (table.data["runs_settled"] == 0).all() and (table.data["end_change_max_abs"] > 0.01).all()
 
     # one run whose loss hardly fell: counted out, and its ratio is the largest
     slow = tmp_path / "train_log.jsonl"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fsseg.atomic import write_text
@@ -570,6 +571,11 @@ LOSS_RATIO_BOUND = 0.7
 the default benchmark)."""
 SETTLE_WINDOW = 0.2
 """Share of the iterations over which the loss's late change is measured, against the share before."""
+END_WINDOW = 0.1
+"""Share of the iterations at the end of training compared with the share before it for "settled"."""
+SETTLED_TOLERANCE = 0.01
+"""A run has settled when its mean loss over the last :data:`END_WINDOW` of its iterations is within this
+relative change of its mean over the :data:`END_WINDOW` before (a plateau at the end of its schedule)."""
 
 
 def _mean_sd_text(values: pd.Series, digits: int = 3) -> str:
@@ -581,17 +587,36 @@ def _mean_sd_text(values: pd.Series, digits: int = 3) -> str:
     return text if len(values) < 2 else f"{text} ± {values.std(ddof=1):.{digits}f}"
 
 
-def loss_summary(log: pd.DataFrame, window: float = SETTLE_WINDOW) -> dict[str, float]:
-    """One run's logged losses (``iteration``, ``loss``, in order): first, last, their ratio, and the
-    relative change of the mean loss over the last ``window`` of the iterations against the ``window``
-    before (NaN when either holds no log line)."""
-    iterations = log["iteration"].to_numpy(dtype=float)
-    losses = log["loss"].to_numpy(dtype=float)
+def _window_change(iterations: np.ndarray, losses: np.ndarray, window: float) -> float:
+    """Relative change of the mean loss over the last ``window`` of the iterations against the ``window``
+    before it; NaN when either holds no log line."""
     end = iterations[-1]
     late = losses[iterations > (1 - window) * end]
     before = losses[(iterations > (1 - 2 * window) * end) & (iterations <= (1 - window) * end)]
-    change = late.mean() / before.mean() - 1 if len(late) and len(before) else math.nan
-    return {"first": losses[0], "last": losses[-1], "ratio": losses[-1] / losses[0], "late_change": change}
+    return late.mean() / before.mean() - 1 if len(late) and len(before) else math.nan
+
+
+def loss_summary(log: pd.DataFrame) -> dict[str, float]:
+    """One run's logged losses (``iteration``, ``loss``, in order): first, last, their ratio, the relative
+    change of the mean loss over the last :data:`SETTLE_WINDOW` of the iterations (``late_change``) and
+    over the last :data:`END_WINDOW` (``end_change``), each against the same share before it."""
+    iterations = log["iteration"].to_numpy(dtype=float)
+    losses = log["loss"].to_numpy(dtype=float)
+    return {
+        "first": losses[0],
+        "last": losses[-1],
+        "ratio": losses[-1] / losses[0],
+        "late_change": _window_change(iterations, losses, SETTLE_WINDOW),
+        "end_change": _window_change(iterations, losses, END_WINDOW),
+    }
+
+
+def _settled_text(end_change: pd.Series) -> str:
+    """``k/n``: of the n runs whose end windows hold log lines, the k within :data:`SETTLED_TOLERANCE`."""
+    measured = end_change.dropna()
+    if measured.empty:
+        return DASH
+    return f"{int((measured.abs() <= SETTLED_TOLERANCE).sum())}/{len(measured)}"
 
 
 def training_table(
@@ -602,10 +627,12 @@ def training_table(
 ) -> Table:
     """Per trained method (every run the report shows): first and last logged loss, the range of their
     ratio, how many runs end at most :data:`LOSS_RATIO_BOUND` × their start, and the loss's change over the
-    last :data:`SETTLE_WINDOW` of training (has it settled?)."""
+    last :data:`SETTLE_WINDOW` of training, and how many runs had settled (:data:`END_WINDOW`,
+    :data:`SETTLED_TOLERANCE`)."""
     late_label = f"Last {SETTLE_WINDOW:.0%}"
     bound_label = f"≤ {LOSS_RATIO_BOUND:g} × first"
-    columns = ["Method", "Runs", "First", "Last", "Last / first", bound_label, late_label]
+    settled_label = f"Settled (±{SETTLED_TOLERANCE:.0%})"
+    columns = ["Method", "Runs", "First", "Last", "Last / first", bound_label, late_label, settled_label]
     shown, data = [], []
     for ref in spec.all_runs:
         logs = run_loss_logs(runs, ref, spec.shots, train_logs)
@@ -623,6 +650,7 @@ def training_table(
                 f"{frame['ratio'].min():.2f}–{frame['ratio'].max():.2f}",
                 f"{within}/{n}",
                 _mean_sd_text(100 * frame["late_change"], 1).replace("-", "−"),
+                _settled_text(frame["end_change"]),
             ]
         )
         data.append(
@@ -636,8 +664,12 @@ def training_table(
                 "runs_within_bound": within,
                 "late_change_mean": frame["late_change"].mean(),
                 "late_change_max": frame["late_change"].max(),
+                "end_change_max_abs": frame["end_change"].abs().max(),
+                "runs_settled": int((frame["end_change"].abs() <= SETTLED_TOLERANCE).sum()),
             }
         )
-    caption = captions.training_caption(spec, protocol, LOSS_RATIO_BOUND, SETTLE_WINDOW)
+    caption = captions.training_caption(
+        spec, protocol, LOSS_RATIO_BOUND, SETTLE_WINDOW, END_WINDOW, SETTLED_TOLERANCE
+    )
     frame = pd.DataFrame(data)
     return Table("training", columns, shown, caption, frame, align="l" + "r" * (len(columns) - 1))
