@@ -99,6 +99,12 @@ def build_optimizer(method: FewShotMethod, recipe: TrainRecipe) -> torch.optim.O
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
 
 
+def poly_factor(step: int, total: int, power: float) -> float:
+    """The poly schedule's multiplier of the initial rate after ``step`` of ``total`` steps:
+    (1 - step / total) ** power (the training recipes' and the pretraining's one formula)."""
+    return (1.0 - step / max(total, 1)) ** power
+
+
 def lr_factor(recipe: TrainRecipe, iteration: int) -> float:
     """Multiplier of every group's initial learning rate at ``iteration`` (0-based)."""
     warm = min(1.0, (iteration + 1) / recipe.warmup) if recipe.warmup else 1.0
@@ -107,7 +113,7 @@ def lr_factor(recipe: TrainRecipe, iteration: int) -> float:
     if recipe.schedule == "step":
         return warm * recipe.lr_gamma ** sum(iteration >= s for s in recipe.lr_steps)
     if recipe.schedule == "poly":
-        return warm * (1.0 - iteration / max(recipe.iterations, 1)) ** recipe.poly_power
+        return warm * poly_factor(iteration, recipe.iterations, recipe.poly_power)
     raise ValueError(f"unknown schedule {recipe.schedule!r}")
 
 

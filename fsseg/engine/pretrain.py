@@ -32,7 +32,7 @@ from fsseg.config import BaseLearnerConfig, ExperimentConfig, PretrainConfig
 from fsseg.data.adapter import DatasetAdapter
 from fsseg.data.loading import augment_pair, image_tensor, mask_tensor
 from fsseg.device import describe_device, resolve_device
-from fsseg.engine.build import build_dataset, iterations_for_epochs, pretraining_identity
+from fsseg.engine.build import build_dataset, iterations_for_epochs, poly_factor, pretraining_identity
 from fsseg.engine.run_state import differing_keys
 from fsseg.errors import ConfigError, DataError, TrainingDiverged
 from fsseg.method import BackboneSpec
@@ -113,7 +113,7 @@ class SegmentationFit:
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of every group's initial rate after ``step`` optimizer steps (poly schedule)."""
-        return (1.0 - step / self.iterations) ** self.poly_power
+        return poly_factor(step, self.iterations, self.poly_power)
 
     def build(self, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         """Optimizer and per-step scheduler over ``model``'s parameters. With ``head_lr_scale`` ≠ 1 the
