@@ -661,13 +661,14 @@ def test_loss_summary_measures_the_fall_and_the_late_change() -> None:
 
 
 def test_settled_counts_runs_flat_over_their_last_tenth() -> None:
-    """Settled: |last tenth / tenth before - 1| <= 1 %; runs without log lines there are not counted."""
+    """Settled: last tenth / tenth before - 1 >= -1 % (no longer falling; a rise counts); runs without log
+    lines there are not counted."""
     import pandas as pd
 
     from fsseg.report.tables import SETTLED_TOLERANCE, _settled_text
 
-    changes = pd.Series([0.0, -0.009, 0.0099, -0.02, 0.05, math.nan])
-    assert SETTLED_TOLERANCE == 0.01 and _settled_text(changes) == "3/5"
+    changes = pd.Series([0.0, -0.009, 0.0099, -0.02, -0.011, 0.05, math.nan])
+    assert SETTLED_TOLERANCE == 0.01 and _settled_text(changes) == "4/6"
     assert _settled_text(pd.Series([math.nan, math.nan])) == "–"  # the tables' dash
 
 
@@ -689,7 +690,7 @@ def test_training_table_counts_the_runs_whose_loss_fell_enough(fake_report, tmp_
     assert (table.data["ratio_max"] < 0.3).all() and (table.data["late_change_mean"] < 0).all()
     assert all(row[5] == f"{n}/{n}" for row, n in zip(table.rows, table.data["runs"], strict=True))
     # 1 / (1 + c·i): still falling by more than 1 % over the last tenth, so no run counts as settled
-    assert (table.data["runs_settled"] == 0).all() and (table.data["end_change_max_abs"] > 0.01).all()
+    assert (table.data["runs_settled"] == 0).all() and (table.data["end_change_min"] < -0.01).all()
 
     # one run whose loss hardly fell: counted out, and its ratio is the largest
     slow = tmp_path / "train_log.jsonl"

@@ -301,7 +301,8 @@ def training_caption(
             f"the {fifth:.0%} before them, in % (mean ± sd over runs): near 0 the loss had settled when "
             "training stopped, clearly negative it was still falling (a longer schedule would change it)",
             "Settled: of the runs with log lines in both windows, those whose mean logged loss over the "
-            f"last {end:.0%} of the iterations is within ±{tolerance:.0%} of its mean over the {end:.0%} "
-            "before (a plateau at the end of the schedule; a dash when no run logs often enough to tell)",
+            f"last {end:.0%} of the iterations is at most {tolerance:.0%} below its mean over the {end:.0%} "
+            "before: no longer falling at the end of the schedule (a dash when no run logs often enough to "
+            "tell)",
         ],
     )

@@ -308,7 +308,6 @@ def all_families(runs: dict[tuple[str, int], Run], spec: ReportSpec) -> list[Fam
     return families
 
 
-
 def significant(comparison: PairedComparison, alpha: float) -> bool:
     """Holm-adjusted t-test p below ``alpha``, over at least :data:`MIN_UNITS_TO_MARK` units."""
     p = comparison.holm.get("ttest", math.nan)
