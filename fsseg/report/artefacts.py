@@ -101,8 +101,8 @@ ARTEFACTS: tuple[Artefact, ...] = (
         "training", "table", "Does each method's training loss fall and settle?",
         "per trained method, over its runs: the first and last logged training loss, the range of their "
         "ratio, the runs whose loss ended at most 0.7 × where it started, and the loss's change over the "
-        "last fifth of training, and the runs whose loss no longer fell (by more than 1 %) over the last "
-        "tenth against the tenth before (settled)",
+        "last fifth of training, and the runs whose loss shows no significant downward trend within that "
+        "last fifth (settled)",
         "training", (*_AGG_SPEC, "train_runs"),
     ),
     Artefact(

@@ -284,7 +284,12 @@ def diagnostics_caption(spec: ReportSpec, protocol: dict[str, Any], probes: Sequ
 
 
 def training_caption(
-    spec: ReportSpec, protocol: dict[str, Any], bound: float, fifth: float, end: float, tolerance: float
+    spec: ReportSpec,
+    protocol: dict[str, Any],
+    bound: float,
+    fifth: float,
+    alpha: float,
+    min_lines: int,
 ) -> str:
     return _ending(
         spec,
@@ -300,9 +305,9 @@ def training_caption(
             f"Last {fifth:.0%}: the mean logged loss over the last {fifth:.0%} of the iterations against "
             f"the {fifth:.0%} before them, in % (mean ± sd over runs): near 0 the loss had settled when "
             "training stopped, clearly negative it was still falling (a longer schedule would change it)",
-            "Settled: of the runs with log lines in both windows, those whose mean logged loss over the "
-            f"last {end:.0%} of the iterations is at most {tolerance:.0%} below its mean over the {end:.0%} "
-            "before: no longer falling at the end of the schedule (a dash when no run logs often enough to "
-            "tell)",
+            f"Settled: of the runs with at least {min_lines} log lines in their last {fifth:.0%} of "
+            "iterations, those whose loss shows no downward trend there (least-squares slope over those log "
+            f"lines, one-sided t-test, p ≥ {alpha:g}): no longer falling at the end of the schedule; a dash "
+            "when no run logs often enough to tell",
         ],
     )
