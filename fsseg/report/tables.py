@@ -608,10 +608,10 @@ def _late_trend_p(iterations: np.ndarray, losses: np.ndarray) -> float:
         return math.nan
     if np.ptp(losses[late]) == 0:
         return 1.0  # constant: no trend
-    fit = sps.linregress(iterations[late], losses[late])
+    fit = sps.linregress(iterations[late], losses[late], alternative="less")
     if fit.stderr == 0:  # on a line exactly: the sign decides
         return 0.0 if fit.slope < 0 else 1.0
-    return float(sps.t.cdf(fit.slope / fit.stderr, df=int(late.sum()) - 2))
+    return float(fit.pvalue)
 
 
 def loss_summary(log: pd.DataFrame) -> dict[str, float]:
@@ -630,13 +630,17 @@ def loss_summary(log: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def _settled_text(late_p: pd.Series) -> str:
-    """``k/n``: of the n runs with enough log lines at the end, the k whose loss showed no downward trend
-    over the last :data:`SETTLE_WINDOW` (p ≥ :data:`SETTLED_ALPHA`); a dash when no run has enough."""
+def _settled_count(late_p: pd.Series) -> tuple[int, int]:
+    """(k, n): of the n runs with enough log lines at the end (a p, not NaN), the k whose loss showed no
+    downward trend over the last :data:`SETTLE_WINDOW` (p ≥ :data:`SETTLED_ALPHA`)."""
     measured = late_p.dropna()
-    if measured.empty:
-        return DASH
-    return f"{int((measured >= SETTLED_ALPHA).sum())}/{len(measured)}"
+    return int((measured >= SETTLED_ALPHA).sum()), len(measured)
+
+
+def _settled_text(late_p: pd.Series) -> str:
+    """``k/n`` of :func:`_settled_count`; a dash when no run has enough log lines."""
+    settled, measured = _settled_count(late_p)
+    return f"{settled}/{measured}" if measured else DASH
 
 
 def training_table(
@@ -650,8 +654,7 @@ def training_table(
     last :data:`SETTLE_WINDOW` of training, and how many runs had settled (:data:`SETTLED_ALPHA`)."""
     late_label = f"Last {SETTLE_WINDOW:.0%}"
     bound_label = f"≤ {LOSS_RATIO_BOUND:g} × first"
-    settled_label = "Settled"
-    columns = ["Method", "Runs", "First", "Last", "Last / first", bound_label, late_label, settled_label]
+    columns = ["Method", "Runs", "First", "Last", "Last / first", bound_label, late_label, "Settled"]
     shown, data = [], []
     for ref in spec.all_runs:
         logs = run_loss_logs(runs, ref, spec.shots, train_logs)
@@ -684,7 +687,7 @@ def training_table(
                 "late_change_mean": frame["late_change"].mean(),
                 "late_change_max": frame["late_change"].max(),
                 "late_p_min": frame["late_p"].min(),
-                "runs_settled": int((frame["late_p"] >= SETTLED_ALPHA).sum()),
+                "runs_settled": _settled_count(frame["late_p"])[0],
             }
         )
     caption = captions.training_caption(
