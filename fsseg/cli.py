@@ -178,6 +178,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             "config": cfg.to_dict(),
             "bench_overrides": list(BENCH_OVERRIDES),
             "allocator": getattr(args, "allocator", None),
+            "onednn": getattr(args, "onednn", None),
             "results": rows,
         }
         write_json(args.out, document)
@@ -525,9 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if getattr(args, "runs_models", False):
             from fsseg.allocator import tune_for_tensors
+            from fsseg.models.onednn import describe_setting
 
             args.allocator = tune_for_tensors()
-            print(f"fsseg: {args.allocator}", file=sys.stderr)
+            args.onednn = describe_setting()
+            print(f"fsseg: {args.allocator}; {args.onednn}", file=sys.stderr)
         args.func(args)
     except FssegError as err:
         print(f"fsseg: error: {err}", file=sys.stderr)

@@ -50,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fsseg.device import describe_device
 from fsseg.method import Batch
+from fsseg.models.onednn import plain_stages
 from fsseg.numerics import Numerics
 
 BENCH_OVERRIDES: tuple[str, ...] = ("backbone.weights=none", "backbone.sha256=null")
@@ -115,8 +116,11 @@ def count_flops(method: nn.Module, batch: Batch, amp_bf16: bool = False) -> tupl
         m.register_forward_pre_hook(lambda module, _args: ran.add(id(module))) for m in method.modules()
     ]
     try:
-        with torch.inference_mode(), _precision(device, amp_bf16), FlopCounterMode(display=False) as counter:
-            method(batch)
+        # plain stages: the packed CPU copy (fsseg/models/onednn.py) would hide the modules from the
+        # hooks and its oneDNN calls from the counter; the FLOPs are the model's, whichever path runs
+        with plain_stages(), torch.inference_mode(), _precision(device, amp_bf16):
+            with FlopCounterMode(display=False) as counter:
+                method(batch)
     finally:
         for handle in handles:
             handle.remove()

@@ -24,7 +24,11 @@ def _torchvision_stages(net: torchvision.models.ResNet, x: torch.Tensor) -> list
     ("name", "output_stride", "dilation"),
     [("resnet50", 8, [False, True, True]), ("resnet50", 16, [False, False, True]), ("resnet18", 32, None)],
 )
-def test_resnet_matches_torchvision(name: str, output_stride: int, dilation: list[bool] | None) -> None:
+def test_resnet_matches_torchvision(
+    name: str, output_stride: int, dilation: list[bool] | None, monkeypatch
+) -> None:
+    # the architecture, computed the same way; the packed inference path has its own test (test_onednn.py)
+    monkeypatch.setenv("FSSEG_ONEDNN", "plain")
     torch.manual_seed(0)
     theirs = getattr(torchvision.models, name)(weights=None, replace_stride_with_dilation=dilation).eval()
     ours = ResNetBackbone(name, output_stride).eval()

@@ -127,9 +127,9 @@ def test_backbone_cut_at_the_high_stage_reuses_the_query_features_with_the_same_
     episode = make_episode(shots=2)
     with torch.no_grad():
         reused = model(episode)
-        def recompute(stage, query_prev, support_prev, support_fg, query_high=None):
+        def recompute(stage, query_prev, support_prev, support_fg, query_high=None, **kwargs):
             assert query_high is not None
-            return high_level_features(stage, query_prev, support_prev, support_fg)
+            return high_level_features(stage, query_prev, support_prev, support_fg, **kwargs)
 
         monkeypatch.setattr("fsseg_methods.pfenet.model.high_level_features", recompute)
         recomputed = model(episode)

@@ -28,6 +28,7 @@ from fsseg.errors import FssegError
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
 from fsseg.metrics import summarize
+from fsseg.models.onednn import onednn_setting
 from fsseg.numerics import Numerics
 from fsseg.records import evaluation_identity, summary_identity, write_records
 
@@ -209,6 +210,7 @@ def _evaluate_locked(
         "label_resolution": cfg.dataset.label_resolution,
         "device": describe_device(device),
         "numerics": dataclasses.asdict(settings.numerics),
+        "onednn": onednn_setting(),  # frozen CPU stages packed or plain (fsseg/models/onednn.py)
         "metrics": metrics,
         "timing": {
             "wall_seconds": round(wall, 3),

@@ -66,6 +66,7 @@ from fsseg.engine.run_state import (
 from fsseg.errors import ConfigError, TrainingDiverged
 from fsseg.locks import folder_lock
 from fsseg.method import FewShotMethod
+from fsseg.models.onednn import onednn_setting
 from fsseg.numerics import Numerics
 from fsseg.progress import Progress, format_duration
 from fsseg.registry import METHODS
@@ -377,6 +378,7 @@ def _finish(
             "train_seconds_this_invocation": round(seconds, 2),
             "device": describe_device(device),
             "numerics": training_numerics(cfg).describe(),
+            "onednn": onednn_setting(),  # frozen CPU stages packed or plain (fsseg/models/onednn.py)
             "selection": selected,
             "params_total": n_total,
             "params_trainable": n_trainable,

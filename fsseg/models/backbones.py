@@ -19,6 +19,7 @@ from torch import nn
 from fsseg.atomic import sha256_file
 from fsseg.errors import ConfigError
 from fsseg.method import BackboneSpec
+from fsseg.models.onednn import PackedCache, run_packed_or_plain
 
 # torchvision's ImageNet checkpoints (file names carry the first hex digits of the file's sha256).
 IMAGENET_FILES: dict[str, str] = {
@@ -73,6 +74,7 @@ class _Basic(nn.Module):
     """Two 3×3 convolutions (ResNet-18/34 block)."""
 
     expansion = 1
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, c_in: int, width: int, stride: int, dilation: int) -> None:
         super().__init__()
@@ -99,6 +101,7 @@ class _Bottleneck(nn.Module):
     """1×1 → 3×3 (strided, dilated) → 1×1 ×4 (ResNet-50/101 block, stride on the 3×3 as torchvision)."""
 
     expansion = 4
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, c_in: int, width: int, stride: int, dilation: int) -> None:
         super().__init__()
@@ -227,6 +230,7 @@ class ResNetBackbone(nn.Module):
             "layer4": 512 * expansion,
         }
         self.stages = list(self.channels)
+        self._packed_stages = PackedCache()
 
     def forward(self, x: torch.Tensor, stages: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """Run up to the last requested stage and return the requested ones."""
@@ -234,10 +238,15 @@ class ResNetBackbone(nn.Module):
         last = max(self.stages.index(s) for s in wanted)
         out = {}
         for name in self.stages[: last + 1]:
-            x = getattr(self, name)(x)
+            x = self.run_stage(name, x)
             if name in wanted:
                 out[name] = x
         return out
+
+    def run_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Stage ``name`` on ``x``: in CPU fp32 inference of a frozen (eval-mode) stage, through its
+        oneDNN-packed copy (:mod:`fsseg.models.onednn`; same numbers to fp32 rounding), else plainly."""
+        return run_packed_or_plain(getattr(self, name), x, self._packed_stages, name)
 
     def block_features(
         self, x: torch.Tensor, stages: tuple[str, ...], before_relu: bool = False
@@ -356,8 +365,10 @@ class VGG16Backbone(nn.Module):
         self.conv5 = nn.Sequential(*_vgg16_block(512, 512, 3, dilation=2, last_relu=False))
         self.channels = {"conv1": 64, "conv2": 128, "conv3": 256, "conv4": 512, "conv5": 512}
         self.stages = list(self.channels)
+        self._packed_stages = PackedCache()
 
     forward = ResNetBackbone.forward
+    run_stage = ResNetBackbone.run_stage
     truncate = ResNetBackbone.truncate
 
     def torchvision_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

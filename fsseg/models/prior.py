@@ -17,11 +17,14 @@ support's high-level features through layer4's receptive field.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from fsseg.errors import ConfigError
 from fsseg.models.ops import minmax_normalise, resize
+from fsseg.models.receptive import same_size_radius
 
 PRIOR_EPS = 1e-7
 
@@ -39,22 +42,91 @@ def high_level_features(
     support_prev: torch.Tensor,
     support_fg: torch.Tensor | None,
     query_high: torch.Tensor | None = None,
+    *,
+    needed_fg: torch.Tensor | None = None,
+    run: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the high-level ``stage`` (e.g. layer4) on query and support features in one batch.
+    """Run the high-level ``stage`` (e.g. layer4) on query and support features.
 
     ``query_prev`` [B, C, h, w] and ``support_prev`` [B*K, C, h, w] are the previous stage's outputs.
     When ``support_fg`` [B*K, H, W] (float foreground) is given, the support input is multiplied by
     the mask resized to its size first, as the official PFENet does. ``query_high``, the query's
     output of ``stage`` when the caller already has it (the high stage is also one of the stages the
     method reads, as when the backbone is cut there), is returned as it is instead of being computed
-    a second time. Returns (query, support) outputs.
+    a second time. ``run`` runs the stage (default: ``stage`` itself; a backbone passes its
+    :meth:`run_stage`). Returns (query, support) outputs.
+
+    ``needed_fg`` [B*K, H, W]: the caller reads the support's output only where this mask, resized to
+    the output like :func:`training_free_prior` resizes it, is non-zero (the prior's case). Then, for
+    a size-preserving stage in eval mode (:func:`~fsseg.models.receptive.same_size_radius`), each
+    support is run on the box around those pixels grown by the stage's receptive reach: exactly the
+    same values on the box (up to the rounding of a differently sized convolution), zero outside
+    it, and no run at all for an empty mask. Where the boxes cover the whole map, one batch is run.
     """
     if support_fg is not None:
         support_prev = support_prev * resize_mask(support_fg, support_prev.shape[-2:])
-    if query_high is not None:
-        return query_high, stage(support_prev)
-    out = stage(torch.cat([query_prev, support_prev], dim=0))
-    return out[: query_prev.shape[0]], out[query_prev.shape[0] :]
+    run = stage if run is None else run
+    boxes = _support_boxes(stage, support_prev, needed_fg) if needed_fg is not None else None
+    if boxes is None:
+        if query_high is not None:
+            return query_high, run(support_prev)
+        out = run(torch.cat([query_prev, support_prev], dim=0))
+        return out[: query_prev.shape[0]], out[query_prev.shape[0] :]
+    whole = [n for n, box in enumerate(boxes) if box == "whole"]
+    batch = ([query_prev] if query_high is None else []) + ([support_prev[whole]] if whole else [])
+    out = run(torch.cat(batch, dim=0)) if batch else None
+    if query_high is None:
+        assert out is not None
+        query_high, out = out[: query_prev.shape[0]], out[query_prev.shape[0] :]
+    support_high: torch.Tensor | None = None
+    for n, box in enumerate(boxes):
+        if box is None or box == "whole":
+            continue
+        (top, bottom, left, right), (c_top, c_bottom, c_left, c_right) = box
+        part = run(support_prev[n : n + 1, :, c_top:c_bottom, c_left:c_right])
+        if support_high is None:
+            support_high = part.new_zeros(support_prev.shape[0], part.shape[1], *support_prev.shape[-2:])
+        support_high[n, :, top:bottom, left:right] = part[
+            0, :, top - c_top : bottom - c_top, left - c_left : right - c_left
+        ]
+    if support_high is None:
+        support_high = query_high.new_zeros(
+            support_prev.shape[0], query_high.shape[1], *support_prev.shape[-2:]
+        )
+    if whole:
+        assert out is not None
+        support_high[whole] = out
+    return query_high, support_high
+
+
+Box = tuple[tuple[int, int, int, int], tuple[int, int, int, int]]
+
+
+def _support_boxes(
+    stage: nn.Module, support_prev: torch.Tensor, needed_fg: torch.Tensor
+) -> list[Box | str | None] | None:
+    """Per support: ``None`` (nothing needed), ``"whole"`` (its box covers the map) or (box, crop) as
+    (top, bottom, left, right) pairs; ``None`` overall when cropping does not apply or saves nothing."""
+    if any(m.training for m in stage.modules()):
+        return None  # BatchNorm on batch statistics (or dropout) would see other inputs
+    radius = same_size_radius(stage)
+    if radius is None:
+        return None
+    h, w = support_prev.shape[-2:]
+    needed = resize_mask(needed_fg, (h, w))[:, 0] != 0  # what training_free_prior reads
+    rows, cols = needed.any(dim=2), needed.any(dim=1)  # [N, h], [N, w]
+    boxes: list[Box | str | None] = []
+    for n in range(needed.shape[0]):
+        r, c = rows[n].nonzero().squeeze(1), cols[n].nonzero().squeeze(1)
+        if r.numel() == 0:
+            boxes.append(None)
+            continue
+        top, bottom, left, right = int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
+        crop = (max(0, top - radius), min(h, bottom + radius), max(0, left - radius), min(w, right + radius))
+        boxes.append("whole" if crop == (0, h, 0, w) else ((top, bottom, left, right), crop))
+    if all(box == "whole" for box in boxes):
+        return None
+    return boxes
 
 
 def training_free_prior(

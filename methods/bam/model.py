@@ -17,6 +17,8 @@ What differs from the official code, and why: ``methods/bam/README.md``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -181,6 +183,8 @@ class BAM(BAMDeclaration, FewShotMethod):
                 prev[b:],
                 flat_fg if p.mask_before_high else None,
                 query_high=feats[self.high_stage][:b] if self.high_stage in feats else None,
+                needed_fg=flat_fg,
+                run=partial(self.backbone.run_stage, self.high_stage),
             )
             supp_high = supp_high.view(b, k, *supp_high.shape[1:])
             # one prior per shot [B, K, h, w], weighed below like the prototypes (official :241-269)

@@ -21,6 +21,7 @@ Pipeline (query and supports share every module):
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +156,8 @@ class DSMFNet(DSMFNetDeclaration, FewShotMethod):
                     prev[b:],
                     support_fg if p.mask_before_high else None,
                     query_high=known_query_high,
+                    needed_fg=support_fg,
+                    run=partial(self.backbone.run_stage, self.high_stage),
                 )
                 prior = training_free_prior(
                     q_high, s_high.view(b, k, *s_high.shape[1:]), support_fg.view(b, k, *support_fg.shape[1:])

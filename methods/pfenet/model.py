@@ -7,6 +7,8 @@ two are easy to compare. Differences that are ours, and why, are listed in ``met
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
@@ -119,6 +121,8 @@ class PFENet(PFENetDeclaration, FewShotMethod):
                     prev[b:],
                     support_fg if p.mask_before_high else None,
                     query_high=known_query_high,
+                    needed_fg=support_fg,
+                    run=partial(self.backbone.run_stage, self.high_stage),
                 )
                 supp_high = supp_high.view(b, k, *supp_high.shape[1:])
                 prior = training_free_prior(
