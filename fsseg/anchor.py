@@ -111,18 +111,23 @@ def implied_ratio(measured_ms: float, anchor: AnchorRow) -> float:
 def anchor_estimates(rows: Sequence[dict[str, Any]], anchors: Sequence[AnchorRow]) -> list[str]:
     """One comment line per measured row that matches an anchor configuration (fp32, contiguous, CPU).
 
-    A row matches on method, variant, backbone, image size and shot. Conditions that differ from the
-    anchor's (threads, batch size, CPU model) are named on the line.
+    A row matches on method, variant, backbone, image size and shot; of several anchor rows for that
+    configuration (side-by-side runs on different CPUs), the one measured on the row's CPU model is
+    used, else the first. Conditions that differ from the anchor's (threads, batch size, CPU model) are
+    named on the line.
     """
-    by_key = {anchor.key(): anchor for anchor in anchors}
+    by_key: dict[tuple[str, str, str, int, int], list[AnchorRow]] = {}
+    for anchor in anchors:
+        by_key.setdefault(anchor.key(), []).append(anchor)
     lines = []
     for row in rows:
         if row.get("amp_bf16") or row.get("channels_last") or row.get("device_type") != "cpu":
             continue
         key = (row["method"], row["variant"], row["backbone"], int(row["image_size"]), int(row["shot"]))
-        anchor = by_key.get(key)
-        if anchor is None:
+        candidates = by_key.get(key)
+        if not candidates:
             continue
+        anchor = next((a for a in candidates if a.cpu == str(row.get("cpu"))), candidates[0])
         measured = float(row["latency_ms_median"])
         differs = []
         if int(row["num_threads"]) != anchor.threads:

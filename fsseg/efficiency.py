@@ -118,9 +118,13 @@ def count_flops(method: nn.Module, batch: Batch, amp_bf16: bool = False) -> tupl
     try:
         # plain stages: the packed CPU copy (fsseg/models/onednn.py) would hide the modules from the
         # hooks and its oneDNN calls from the counter; the FLOPs are the model's, whichever path runs
-        with plain_stages(), torch.inference_mode(), _precision(device, amp_bf16):
-            with FlopCounterMode(display=False) as counter:
-                method(batch)
+        with (
+            plain_stages(),
+            torch.inference_mode(),
+            _precision(device, amp_bf16),
+            FlopCounterMode(display=False) as counter,
+        ):
+            method(batch)
     finally:
         for handle in handles:
             handle.remove()

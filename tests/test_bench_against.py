@@ -267,6 +267,16 @@ def test_anchor_estimates_match_configuration_and_name_differing_conditions():
     assert "NOT COMPARABLE: 2 threads (anchor 1), CPU 'AMD EPYC'" in line
 
 
+def test_anchor_estimates_take_the_side_by_side_run_on_the_rows_cpu():
+    anchors = [_anchor(), _anchor(cpu="AMD EPYC", official_ms=5317.0, ours_ms=4908.0)]
+    (xeon,) = anchor_estimates([_row(latency_ms_median=3464.8)], anchors)
+    assert "~ 0.80" in xeon and "NOT COMPARABLE" not in xeon
+    (amd,) = anchor_estimates([_row(cpu="AMD EPYC", latency_ms_median=3539.0)], anchors)
+    assert "~ 0.67" in amd and "5317 ms official" in amd and "NOT COMPARABLE" not in amd
+    (other,) = anchor_estimates([_row(cpu="Some CPU")], anchors)
+    assert "NOT COMPARABLE: CPU 'Some CPU' (anchor 'Intel(R) Xeon(R) Processor')" in other
+
+
 def test_the_recorded_anchor_holds_issue_14s_table():
     rows = {row.key(): row for row in load_anchor(DEFAULT_ANCHOR)}
     assert len(rows) == 6
