@@ -278,13 +278,25 @@ def test_anchor_estimates_take_the_side_by_side_run_on_the_rows_cpu():
 
 
 def test_the_recorded_anchor_holds_issue_14s_table():
-    rows = {row.key(): row for row in load_anchor(DEFAULT_ANCHOR)}
+    anchors = load_anchor(DEFAULT_ANCHOR)
+    rows = {row.key(): row for row in anchors if row.cpu == "Intel(R) Xeon(R) Processor"}
     assert len(rows) == 6
     pfenet = rows["pfenet", "default", "resnet50", 473, 1]
     assert (pfenet.official_ms, pfenet.ours_ms) == (4331.0, 4282.0)
     panet = rows["panet", "default", "vgg16", 417, 1]
     assert round(panet.ours_ms / panet.official_ms, 2) == 0.66
     assert rows["dsmfnet", "default", "resnet50", 473, 1].official_code == "PFENet"
+    # the side-by-side run on the AMD EPYC (reports/anchor/official_side_by_side.md)
+    amd = {row.key(): row for row in anchors if row.cpu == "AMD EPYC"}
+    assert sorted(amd) == sorted(
+        (method, "default", "resnet50", size, shot)
+        for method in ("pfenet", "dsmfnet")
+        for size, shot in ((473, 1), (257, 5))
+    )
+    assert (
+        amd["pfenet", "default", "resnet50", 473, 1].official_ms,
+        amd["pfenet", "default", "resnet50", 473, 1].ours_ms,
+    ) == (5140.0, 4120.0)
 
 
 def test_a_bad_anchor_row_names_file_and_line(tmp_path: Path):
