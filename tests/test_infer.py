@@ -95,3 +95,19 @@ def test_a_run_s_evaluations_end_with_their_index(toy_config):
     cfg.evaluated_path.unlink()
     evaluate_run(cfg, shots=[1], episode_seeds=[0], untrained=True)
     assert not cfg.evaluated_path.exists()
+
+
+def test_two_class_prediction_is_the_argmax_ties_and_nan_included():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 8, 8)
+    logits[0, 1, :2] = logits[0, 0, :2]  # ties: argmax takes the first class
+    (got,) = predict_at_labels(logits[:1], [torch.Size((8, 8))])
+    assert torch.equal(got, logits[0].argmax(dim=0)) and (got[:2] == 0).all()
+    logits[1, 1, 0, 0] = float("nan")  # NaN counts as the maximum in argmax
+    got = predict_at_labels(logits, [torch.Size((8, 8))] * 3)
+    for i in range(3):
+        assert torch.equal(got[i], logits[i].argmax(dim=0)), i
+    assert got[1][0, 0] == 1
+    three = torch.randn(2, 3, 8, 8)  # more classes: argmax as such
+    for i, prediction in enumerate(predict_at_labels(three, [torch.Size((8, 8))] * 2)):
+        assert torch.equal(prediction, three[i].argmax(dim=0))

@@ -141,9 +141,18 @@ def predict_at_labels(logits: torch.Tensor, label_sizes: list[torch.Size]) -> li
         group = logits[index]
         if group.shape[-2:] != size:
             group = F.interpolate(group, size=size, mode="bilinear", align_corners=False)
-        for i, prediction in zip(index, group.argmax(dim=1).cpu(), strict=True):
+        for i, prediction in zip(index, _class_argmax(group).cpu(), strict=True):
             out[i] = prediction
     return out
+
+
+def _class_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=1)`` [N, H, W] (int64). With two classes, ``logits[:, 1] > logits[:, 0]``:
+    the same values (a tie goes to class 0, the first maximum, as in ``argmax``) without a reduction
+    over a 2-long strided dimension, which took 11 ms for 16 episodes at 64 px against 0.06 ms."""
+    if logits.shape[1] == 2 and not logits.isnan().any():
+        return (logits[:, 1] > logits[:, 0]).long()
+    return logits.argmax(dim=1)
 
 
 def prefetched(batches: Iterable[Any], depth: int = 2) -> Iterator[Any]:
