@@ -16,6 +16,8 @@ On one thread this runs a dilated ResNet-50 at 473 px in about 0.8 of the time o
 own GEMM path, not to oneDNN. The numbers agree with the plain modules to fp32 rounding (relative
 error about 1e-6), not bit for bit.
 
+The price is a second copy of the stage's weights in memory (94 MB for a ResNet-50) and the time to
+build it, spent in the first inference call (tens of milliseconds).
 The prepared copy (:class:`PackedStage`) is cached by the backbone and rebuilt when any weight,
 BatchNorm statistic or device of the stage changes (tensor versions and storage addresses are
 compared at every call). ``FSSEG_ONEDNN=plain`` switches the path off (for comparisons); a stage
