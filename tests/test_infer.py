@@ -65,6 +65,34 @@ def test_decoded_images_read_each_file_once_and_forget_the_oldest(toy_config):
     assert small.misses == 3 and len(small._items) == 1
 
 
+def test_warm_decodes_ahead_and_stops_quietly_at_a_bad_file(toy_config):
+    adapter = build_dataset(toy_config())
+    split = adapter.test_split
+    ids = adapter.image_ids(split)[:3]
+    images = DecodedImages(adapter)
+    images.warm(split, [ids[0], "no-such-image", ids[1]])
+    # image and mask of the first; the bad id ended the head start, the third was not read
+    assert {key[2] for key in images._items} == {ids[0]} and len(images._items) == 2
+    assert np.array_equal(images.load_mask(split, ids[0]), adapter.load_mask(split, ids[0]))
+    assert images.hits == 1
+
+
+def test_evaluation_decodes_its_first_batches_while_the_model_loads(toy_config):
+    from fsseg.engine.evaluate import _decode_first_batches, ensure_manifest
+
+    cfg = toy_config("eval.batch_size=2")
+    adapter = build_dataset(cfg)
+    manifest = ensure_manifest(cfg, adapter)
+    images = DecodedImages(adapter)
+    thread = _decode_first_batches(cfg, images)
+    assert thread is not None
+    thread.join()
+    first = {i for e in manifest.episodes[:4] for i in (e.query_id, *e.support_ids)}
+    assert {key[2] for key in images._items} == first and images.misses == 2 * len(first)
+    assert _decode_first_batches(toy_config("eval.num_workers=1"), images) is None  # workers prefetch
+    assert _decode_first_batches(toy_config("eval.episode_seed=7"), images) is None  # no manifest yet
+
+
 def test_one_process_evaluations_write_what_separate_ones_do(toy_config, tmp_path):
     """evaluate_run (shared decoded files, prefetching) against one evaluate_run per shot."""
     cfg = toy_config("train.iterations=2")

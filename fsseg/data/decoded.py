@@ -54,3 +54,16 @@ class DecodedImages:
             _, old = self._items.popitem(last=False)
             self._bytes -= old.nbytes
         return value
+
+    def warm(self, split: str, image_ids: list[str]) -> None:
+        """Decode the images and masks of ``image_ids`` now (a head start, e.g. while a model loads).
+
+        Stops quietly at the first file that cannot be read: the episode loop reads it again and
+        reports it then. Not safe to run while another thread uses this object."""
+        for image_id in image_ids:
+            try:
+                self.load_image(split, image_id)
+                self.load_mask(split, image_id)
+            except Exception:  # reported by the episode loop, which reads the file again
+                return
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,8 +101,15 @@ def evaluate_run(
     """
     device = resolve_device(cfg.eval.device)
     adapter = build_dataset(cfg)
-    method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
     images = DecodedImages(adapter)  # every evaluation below reads the same files: decode each once
+    # The episode loop decodes batch n + 1 while the method runs on batch n; nothing overlaps the first
+    # batches' files but the model's loading, so they are decoded meanwhile (joined before any use).
+    head_start = _decode_first_batches(cfg.tested_on(shots[0], episode_seeds[0]), images) if shots else None
+    try:
+        method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
+    finally:
+        if head_start is not None:
+            head_start.join()
     outs = []
     entries = []
     for shot in shots:
@@ -117,6 +125,21 @@ def evaluate_run(
     if not untrained:
         write_json(cfg.evaluated_path, {"run_id": run_id(cfg), "evaluations": entries})
     return outs
+
+
+def _decode_first_batches(cfg: ExperimentConfig, images: DecodedImages) -> threading.Thread | None:
+    """Start decoding the files of the first two batches (the loop's prefetch depth) of ``cfg``'s saved
+    test manifest in a thread; ``None`` when there is no manifest yet or the loader has workers."""
+    if cfg.eval.num_workers > 0 or not cfg.manifest_path.is_file():
+        return None
+    manifest = EpisodeManifest.load(cfg.manifest_path)
+    episodes = manifest.episodes[: 2 * cfg.eval.batch_size]
+    ids = list(dict.fromkeys(i for e in episodes for i in (e.query_id, *e.support_ids)))
+    thread = threading.Thread(
+        target=images.warm, args=(manifest.header["split"], ids), name="fsseg-head-start", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 def evaluate(
