@@ -27,7 +27,8 @@ size and reports
   allocations, so it is not used.
 
 bf16 autocast and channels-last memory format are options, off unless asked for; the ``fsseg bench``
-command times them next to the plain fp32 run, never instead of it.
+command times them next to the plain fp32 run, never instead of it. fp32 is IEEE fp32 on CUDA too
+(TF32 off, :func:`fsseg.numerics.use_ieee_fp32`).
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fsseg.device import describe_device
+from fsseg.errors import ConfigError
 from fsseg.method import Batch
 from fsseg.models.onednn import plain_stages
-from fsseg.numerics import Numerics
+from fsseg.numerics import Numerics, cuda_has_native_bf16, use_ieee_fp32
 
 BENCH_OVERRIDES: tuple[str, ...] = ("backbone.weights=none", "backbone.sha256=null")
 """Config overrides ``fsseg bench`` always applies: the backbone is randomly initialised.
@@ -299,8 +301,9 @@ def measure_efficiency(
     device = torch.device(device)
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {warmup} and {repeats}")
-    if amp_bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"bf16 autocast was asked for but {describe_device(device)} does not support bf16")
+    if amp_bf16 and device.type == "cuda" and not cuda_has_native_bf16(device):
+        raise ConfigError(f"bf16 autocast was asked for but {describe_device(device)} has no native bf16")
+    use_ieee_fp32(device)  # fp32 rows are IEEE fp32 on CUDA too, not TF32
     method.to(device)
     batch = synthetic_episode(image_size, shot, batch_size, device, seed)
     if channels_last:

@@ -8,6 +8,11 @@ native bf16 (``avx512_bf16`` or ``amx_bf16``) and on a CUDA card that supports i
 scores move by a measured tolerance (``tests/test_learning.py`` bounds the class-mIoU change of bf16
 evaluation). The training settings are part of a run's identity; the evaluation settings are written
 into every ``summary.json``.
+
+fp32 means IEEE float32 on every device. On CUDA, PyTorch runs cuDNN convolutions in TF32 by default
+(10-bit mantissa inputs) on Ampere and later cards; :meth:`Numerics.prepare` turns TF32 off for cuDNN and
+cuBLAS, so an fp32 CUDA run computes what an fp32 CPU run does, up to summation order, and bf16 is the
+one reduced precision, chosen by name.
 """
 
 from __future__ import annotations
@@ -24,6 +29,28 @@ from torch import nn
 from fsseg.errors import ConfigError
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA card ``device`` computes in bf16 natively (compute capability 8.0, Ampere, or later).
+
+    Not ``torch.cuda.is_bf16_supported()``: by default that also answers yes for older cards, where
+    bf16 is emulated and slow, and it asks about the current device rather than ``device``.
+    """
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def use_ieee_fp32(device: torch.device) -> None:
+    """Turn TF32 off for cuDNN convolutions and cuBLAS matrix products when ``device`` is CUDA.
+
+    The flags are per process; fsseg runs one job's forward passes per process, and every job that
+    runs on CUDA calls this (through :meth:`Numerics.prepare`, or ``fsseg bench``). The legacy switches
+    are used because they exist in every supported torch; mixing them with the newer ``fp32_precision``
+    ones in one process makes torch refuse to read either.
+    """
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
@@ -59,10 +86,11 @@ class Numerics:
         if self.precision != "bf16":
             return None
         if device.type == "cuda":
-            if not torch.cuda.is_bf16_supported():
+            if not cuda_has_native_bf16(device):
                 raise ConfigError(
-                    f"config.{key}: bf16 was asked for but {torch.cuda.get_device_name(device)} does not "
-                    "support it; use fp32"
+                    f"config.{key}: bf16 was asked for but {torch.cuda.get_device_name(device)} (compute "
+                    f"capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))}) has no "
+                    "native bf16 (needs 8.0 or later); use fp32"
                 )
             return None
         if device.type == "cpu" and cpu_has_native_bf16() is False:
@@ -72,11 +100,13 @@ class Numerics:
             )
         return None
 
-    def announce(self, device: torch.device, key: str) -> None:
-        """:meth:`check`, its note (if any) printed to stderr as a job's log line."""
+    def prepare(self, device: torch.device, key: str) -> None:
+        """Before a job's first forward on ``device``: :meth:`check` (its note, if any, printed to stderr
+        as a log line) and IEEE fp32 on CUDA (:func:`use_ieee_fp32`)."""
         note = self.check(device, key)
         if note:
             print(f"fsseg: {note}", file=sys.stderr)
+        use_ieee_fp32(device)
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """The context a forward pass (and its loss) runs in."""

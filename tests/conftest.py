@@ -17,7 +17,12 @@ def toy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def toy_config(toy_root: Path, tmp_path: Path):
-    """A config for fast runs on the toy dataset: PANet, ResNet-18, 32-px images, a few iterations."""
+    """A config for fast runs on the toy dataset: PANet, ResNet-18, 32-px images, a few iterations.
+
+    Every job runs on the CPU, also on a machine with a GPU (``auto`` would take it): the fast suite's
+    claims (bitwise-equal weights, recorded devices) are CPU claims; tests/test_gpu.py overrides the
+    devices it checks.
+    """
     from fsseg.config import load_config
 
     def make(*overrides: str):
@@ -25,8 +30,16 @@ def toy_config(toy_root: Path, tmp_path: Path):
             "dataset": {"name": "toy", "root": str(toy_root), "image_size": 32},
             "output_root": str(tmp_path / "results"),
             "method": {"name": "panet"},
-            "train": {"iterations": 6, "batch_size": 2, "checkpoint_every": 3, "log_every": 1},
-            "eval": {"n_episodes": 12, "batch_size": 4},
+            "train": {
+                "iterations": 6,
+                "batch_size": 2,
+                "checkpoint_every": 3,
+                "log_every": 1,
+                "device": "cpu",
+            },
+            "eval": {"n_episodes": 12, "batch_size": 4, "device": "cpu"},
+            "pretrain": {"device": "cpu"},
+            "base_learner": {"device": "cpu"},
         }
         return load_config(base=base, overrides=list(overrides))
 

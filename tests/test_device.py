@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +59,45 @@ def test_training_and_evaluation_record_their_device(toy_config):
     assert json.loads((run_dir / SUMMARY).read_text())["device"] == expected
     out = evaluate(cfg)
     assert json.loads((out / "summary.json").read_text())["device"] == expected
+
+
+REPO = Path(__file__).resolve().parents[1]
+GPU_CHECK = REPO / "ci" / "gpu-check.sh"
+
+
+def _gpu_check(out: Path, python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHON": python}
+    env.pop("OUT", None)
+    return subprocess.run(
+        ["bash", str(GPU_CHECK), str(out)], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script runs its whole check")
+def test_gpu_check_script_stops_clearly_without_a_cuda_device(tmp_path):
+    """ci/gpu-check.sh, the prepared GPU run: here it gets as far as its import check (this tree's
+    packages through its link folder, not an installed copy elsewhere) and then refuses, exit 2."""
+    done = _gpu_check(tmp_path / "out")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "gpu-check: error: no CUDA device is visible to torch" in done.stderr
+    env = (tmp_path / "out" / "env.txt").read_text()
+    for name, folder in (("fsseg", "fsseg"), ("fsseg_methods", "methods"), ("fsseg_datasets", "datasets")):
+        assert f"{name}: {REPO / folder}\n" in env
+    assert f"torch {torch.__version__}" in env
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["env.txt"]  # nothing measured
+
+
+def test_gpu_check_script_refuses_a_used_folder_and_a_python_without_torch(tmp_path):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "earlier.json").write_text("{}")
+    done = _gpu_check(used)
+    assert done.returncode == 2
+    assert f"output folder {used} is not empty" in done.stderr
+    assert [p.name for p in used.iterdir()] == ["earlier.json"]  # left as it was
+    bare = tmp_path / "python-without-site-packages"
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare.chmod(0o755)
+    done = _gpu_check(tmp_path / "out", python=str(bare))
+    assert done.returncode == 2
+    assert "lacks torch" in done.stderr and "install them or set PYTHON" in done.stderr

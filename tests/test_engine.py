@@ -19,9 +19,11 @@ def _weights(run_dir):
     return torch.load(run_dir / MODEL, weights_only=True)
 
 
-def test_resume_after_kill_gives_identical_weights(toy_config, tmp_path):
-    full = train(toy_config("train.iterations=7", f"output_root={tmp_path}/a"))
-    cfg = toy_config("train.iterations=7", f"output_root={tmp_path}/b")
+@pytest.mark.parametrize("method", ["panet", "pfenet"])  # PFENet draws dropout masks from the saved stream
+def test_resume_after_kill_gives_identical_weights(toy_config, tmp_path, method):
+    common = ("train.iterations=7", f"method.name={method}")
+    full = train(toy_config(*common, f"output_root={tmp_path}/a"))
+    cfg = toy_config(*common, f"output_root={tmp_path}/b")
 
     def kill_at_5(iteration):  # after the checkpoint at 3, in the middle of the next interval
         if iteration == 5:

@@ -11,7 +11,7 @@ from fsseg.engine.evaluate import evaluate
 from fsseg.engine.pretrain import pretrain_backbone
 from fsseg.engine.train import MODEL, train
 from fsseg.errors import ConfigError
-from fsseg.numerics import Numerics, cpu_has_native_bf16
+from fsseg.numerics import Numerics, cpu_has_native_bf16, use_ieee_fp32
 
 
 def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
@@ -21,6 +21,38 @@ def test_cpu_bf16_flags_are_read_from_cpuinfo(tmp_path):
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
     assert cpu_has_native_bf16(info) is False
     assert cpu_has_native_bf16(tmp_path / "missing") is None
+
+
+def test_bf16_on_cuda_needs_a_card_with_native_bf16(monkeypatch):
+    """Compute capability 8.0 or later; torch.cuda.is_bf16_supported() would also pass a V100 or a T4,
+    where bf16 is emulated."""
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    with pytest.raises(ConfigError, match=r"config.eval.precision: .*Tesla V100 \(compute capability 7.0\)"):
+        Numerics("bf16").check(cuda, "eval.precision")
+    assert Numerics("fp32").check(cuda, "eval.precision") is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert Numerics("bf16").check(cuda, "eval.precision") is None
+
+
+def test_fp32_on_cuda_is_ieee_not_tf32(monkeypatch):
+    """cuDNN convolutions default to TF32 on Ampere and later; fsseg's fp32 turns it off on CUDA and
+    leaves the switches alone for a CPU job."""
+    switches = (torch.backends.cudnn, torch.backends.cuda.matmul)
+    before = [switch.allow_tf32 for switch in switches]  # process-wide: put back afterwards
+    try:
+        for switch in switches:
+            switch.allow_tf32 = True
+        use_ieee_fp32(torch.device("cpu"))
+        assert all(switch.allow_tf32 for switch in switches)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+        Numerics("bf16").prepare(torch.device("cuda", 0), "train.precision")
+        assert not any(switch.allow_tf32 for switch in switches)
+    finally:
+        for switch, value in zip(switches, before, strict=True):
+            switch.allow_tf32 = value
 
 
 def test_bf16_autocast_and_channels_last_change_what_a_convolution_computes_in():

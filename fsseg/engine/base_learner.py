@@ -53,7 +53,7 @@ def train_base_learner(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     settings = cfg.base_learner
     device = resolve_device(settings.device)
     numerics = Numerics.of(settings)
-    numerics.announce(device, "base_learner.precision")
+    numerics.prepare(device, "base_learner.precision")
     adapter = build_dataset(cfg)
     split = adapter.train_split
     image_ids = base_training_images(cfg, adapter)

@@ -196,7 +196,7 @@ def _evaluate_locked(
     if method is None:
         method = build_method(cfg).to(device) if untrained else load_trained(cfg, device)
     settings = evaluation_settings(cfg)
-    settings.numerics.announce(device, "eval.precision")
+    settings.numerics.prepare(device, "eval.precision")
     timing: dict[str, float] = {}
     started = time.perf_counter()
     results = infer_episodes(

@@ -233,7 +233,7 @@ def pretrain_backbone(cfg: ExperimentConfig, out: Path | None = None) -> Path:
     settings = cfg.pretrain
     device = resolve_device(settings.device)
     numerics = Numerics.of(settings)
-    numerics.announce(device, "pretrain.precision")
+    numerics.prepare(device, "pretrain.precision")
     adapter = build_dataset(cfg)
     if settings.classes == "auxiliary":
         if adapter.pretrain_split is None:

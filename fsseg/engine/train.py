@@ -75,7 +75,9 @@ from fsseg.registry import METHODS
 class LossWindow:
     """Sums of the loss terms since the last log row; the checkpoint saves them, so a resumed run
     logs the same means as an uninterrupted one. The sums stay on the loss's device (float64) until
-    a row or a checkpoint reads them, so a training step adds no device synchronisation."""
+    a row or a checkpoint reads them, so logging adds no device synchronisation to a step (the
+    finiteness check of each step's loss still waits for it, and so do data-dependent shapes in some
+    methods, such as the prior's support crops)."""
 
     def __init__(self, sums: dict[str, float] | None = None, count: int = 0) -> None:
         self.sums: dict[str, torch.Tensor | float] = dict(sums or {})
@@ -186,7 +188,7 @@ def _train_locked(
     device = resolve_device(cfg.train.device)
     recipe = effective_recipe(cfg)
     numerics = training_numerics(cfg)
-    numerics.announce(device, "train.precision")
+    numerics.prepare(device, "train.precision")
     method = build_method(cfg)
     if method.has_base_learner:
         load_base_learner(cfg, method)
@@ -199,14 +201,14 @@ def _train_locked(
     best: dict[str, Any] = {"miou": -math.inf, "iteration": None}
     checkpoint_path = run_dir / CHECKPOINT
     if checkpoint_path.is_file():
-        state = load_state_file(checkpoint_path, map_location=device, weights_only=False)
+        # Read onto the CPU: the generator states must be CPU tensors (a CUDA one is refused), and
+        # load_state_dict copies weights and optimiser moments onto the device of the parameters.
+        state = load_state_file(checkpoint_path, map_location="cpu", weights_only=False)
         method.load_state_dict(state["model"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        saved_rng = (state["torch_rng"], state.get("cuda_rng"))
         start = state["iteration"]
         best = state["best"]
         window = LossWindow.from_state(state.get("log_window"))
@@ -214,6 +216,7 @@ def _train_locked(
     else:
         # Dropout and other in-training randomness draw from this stream; the checkpoint saves it.
         torch.manual_seed(cfg.train.train_seed + 1)
+        saved_rng = None
         window = LossWindow()
     # Rows past the checkpoint (or every row, without one) are rewritten by this run: the log then
     # holds each iteration once, even after a kill or a failed write at the first checkpoint.
@@ -244,7 +247,14 @@ def _train_locked(
     log_rows: list[str] = []
     iteration = start
     started = time.perf_counter()
-    for batch in loader:
+    # Starting the loader draws its base seed from the global stream, in a resumed run as in an unbroken
+    # one; the saved state is put back after that draw, so dropout continues where the checkpoint was.
+    batches = iter(loader)
+    if saved_rng is not None:
+        torch.set_rng_state(saved_rng[0])
+        if device.type == "cuda" and saved_rng[1] is not None:
+            torch.cuda.set_rng_state(saved_rng[1], device)
+    for batch in batches:
         batch = to_device(batch, device)
         with numerics.autocast(device):
             outputs = method(batch)
