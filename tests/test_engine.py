@@ -9,10 +9,7 @@ from fsseg.engine.train import CHECKPOINT, MODEL, SUMMARY, train
 from fsseg.errors import ConfigError, DataError, TrainingDiverged
 from fsseg.metrics import summarize
 from fsseg.records import read_records
-
-
-class Killed(Exception):
-    pass
+from tests.resume import killed_and_resumed
 
 
 def _weights(run_dir):
@@ -21,19 +18,12 @@ def _weights(run_dir):
 
 @pytest.mark.parametrize("method", ["panet", "pfenet"])  # PFENet draws dropout masks from the saved stream
 def test_resume_after_kill_gives_identical_weights(toy_config, tmp_path, method):
+    def left_by_the_kill(cfg):  # killed at 5: after the checkpoint at 3, in the middle of the next interval
+        assert (cfg.run_dir / CHECKPOINT).is_file() and not (cfg.run_dir / MODEL).exists()
+        assert torch.load(cfg.run_dir / CHECKPOINT, weights_only=False)["iteration"] == 3
+
     common = ("train.iterations=7", f"method.name={method}")
-    full = train(toy_config(*common, f"output_root={tmp_path}/a"))
-    cfg = toy_config(*common, f"output_root={tmp_path}/b")
-
-    def kill_at_5(iteration):  # after the checkpoint at 3, in the middle of the next interval
-        if iteration == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(cfg, on_iteration=kill_at_5)
-    assert (cfg.run_dir / CHECKPOINT).is_file() and not (cfg.run_dir / MODEL).exists()
-    assert torch.load(cfg.run_dir / CHECKPOINT, weights_only=False)["iteration"] == 3
-    resumed = train(cfg)
+    full, resumed = killed_and_resumed(toy_config, common, tmp_path, after_kill=left_by_the_kill)
     a, b = _weights(full), _weights(resumed)
     assert a.keys() == b.keys()
     for key in a:
@@ -42,7 +32,7 @@ def test_resume_after_kill_gives_identical_weights(toy_config, tmp_path, method)
     assert [row["iteration"] for row in log] == list(range(1, 8))
     # a finished run is not retrained
     before = (resumed / MODEL).stat().st_mtime_ns
-    train(cfg)
+    train(toy_config(*common, f"output_root={tmp_path}/b"))
     assert (resumed / MODEL).stat().st_mtime_ns == before
 
 
@@ -191,16 +181,7 @@ def test_log_rows_hold_window_means_and_survive_a_resume(toy_config, tmp_path):
     """Row 1 is the untrained model's loss; later rows average every iteration since the previous row,
     also when a kill splits a window (the checkpoint carries the partial sums)."""
     sets = ("train.iterations=7", "train.log_every=4", "train.checkpoint_every=3")
-    full = train(toy_config(*sets, f"output_root={tmp_path}/a"))
-    cfg = toy_config(*sets, f"output_root={tmp_path}/b")
-
-    def kill_at_5(iteration):
-        if iteration == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(cfg, on_iteration=kill_at_5)
-    resumed = train(cfg)
+    full, resumed = killed_and_resumed(toy_config, sets, tmp_path)
 
     def rows(run_dir):
         return [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]

@@ -35,6 +35,7 @@ from fsseg.engine.pretrain import pretrain_backbone
 from fsseg.engine.train import CHECKPOINT, MODEL, SUMMARY, train
 from fsseg.numerics import Numerics
 from fsseg.records import read_records
+from tests.resume import killed_and_resumed
 
 DEVICE = torch.device(os.environ.get("FSSEG_GPU_TESTS_ON", "cuda"))
 ON = DEVICE.type
@@ -123,26 +124,16 @@ def test_backbone_pretraining_runs_on_the_device_and_its_file_serves_a_cpu_job(t
         assert torch.equal(loaded[matches[0]], value), key
 
 
-class Killed(Exception):
-    pass
-
-
 def test_a_killed_training_resumes_on_the_device(toy_config, tmp_path):
     """Checkpoint at 3, killed at 5, resumed: the log holds each iteration once and the weights are those
     of an unbroken run (bitwise on the CPU; on CUDA, whose backward passes of interpolation, adaptive
     pooling and the loss add in no fixed order, to a small tolerance)."""
+
+    def left_by_the_kill(cfg):
+        assert torch.load(cfg.run_dir / CHECKPOINT, weights_only=False)["iteration"] == 3
+
     common = _on_device("method.name=pfenet", *METHODS["pfenet"], "train.iterations=7")
-    full = train(toy_config(*common, f"output_root={tmp_path}/a"))
-    cfg = toy_config(*common, f"output_root={tmp_path}/b")
-
-    def kill_at_5(iteration):
-        if iteration == 5:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train(cfg, on_iteration=kill_at_5)
-    assert torch.load(cfg.run_dir / CHECKPOINT, weights_only=False)["iteration"] == 3
-    resumed = train(cfg)
+    full, resumed = killed_and_resumed(toy_config, common, tmp_path, after_kill=left_by_the_kill)
     log = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in log] == list(range(1, 8))
     a = torch.load(full / MODEL, weights_only=True)
