@@ -74,8 +74,8 @@ EOF
 
 METHODS=(panet pfenet)
 
-run_all() {  # run every command of the pipeline with import folder $1 into output root $2
-    local imports=$1 out=$2 sets
+run_all() {  # run every command of the pipeline with import folder $1 (of source tree $3) into output root $2
+    local imports=$1 out=$2 tree=$3 sets
     for method in "${METHODS[@]}"; do
         sets=(--set "output_root=$out" --set "method.name=$method")
         # A tree whose benchmark recipes live in a recipe file (train.recipe_file) reads it from the tree;
@@ -104,8 +104,8 @@ print(json.dumps(d, sort_keys=True))' "$summary" | sha256sum | sed "s#-\$#$summa
 }
 
 rm -rf "$WORK/out_base" "$WORK/out_tree" "$WORK"/out_*.log
-run_all "$WORK/base.import" "$WORK/out_base"
-run_all "$WORK/tree.import" "$WORK/out_tree"
+run_all "$WORK/base.import" "$WORK/out_base" "$WORK/base"
+run_all "$WORK/tree.import" "$WORK/out_tree" "$REPO"
 hashes "$WORK/out_base" >"$WORK/base.sha256"
 hashes "$WORK/out_tree" >"$WORK/tree.sha256"
 echo "== $BASE_REV ($(git -C "$REPO" rev-parse --short "$BASE_REV"))"
