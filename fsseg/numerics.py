@@ -11,8 +11,8 @@ into every ``summary.json``.
 
 fp32 means IEEE float32 on every device. On CUDA, PyTorch runs cuDNN convolutions in TF32 by default
 (10-bit mantissa inputs) on Ampere and later cards; :meth:`Numerics.prepare` turns TF32 off for cuDNN and
-cuBLAS, so an fp32 CUDA run computes what an fp32 CPU run does, up to summation order, and bf16 is the
-one reduced precision, chosen by name.
+cuBLAS, so an fp32 CUDA run computes what an fp32 CPU run does up to rounding (summation order, cuDNN's
+choice of algorithm), and bf16 is the one reduced precision, chosen by name.
 """
 
 from __future__ import annotations
