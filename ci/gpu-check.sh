@@ -40,21 +40,23 @@ fi
 mkdir -p "$DEST" || { echo "gpu-check: error: cannot create output folder $DEST" >&2; exit 2; }
 export PYTHONUNBUFFERED=1
 
-# The import folder: one link per import name, to this tree's folder.
+# The import folder: one link per import name, to this tree's folder (fsseg.source_tree.tree_packages
+# reads them from pyproject.toml, as `fsseg bench --against` does; that module needs only the stdlib).
 LINKS=$(mktemp -d "${TMPDIR:-/tmp}/fsseg-gpu-imports.XXXXXX")
 trap 'rm -rf "$LINKS"' EXIT
 "$PYTHON" -P - "$REPO" "$LINKS" <<'PY' || exit 2
-import sys, tomllib
+import sys
 from pathlib import Path
 repo, links = Path(sys.argv[1]), Path(sys.argv[2])
-package_dir = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-for name, folder in package_dir.items():
-    (links / name).symlink_to(repo / folder, target_is_directory=True)
+sys.path.insert(0, str(repo))
+from fsseg.source_tree import tree_packages
+for name, folder in tree_packages(repo).items():
+    (links / name).symlink_to(folder, target_is_directory=True)
 PY
 export PYTHONPATH="$LINKS${PYTHONPATH:+:$PYTHONPATH}"
 
 # What this Python has, and whether it can run the checks at all.
-"$PYTHON" -P - "$REPO" >"$DEST/env.txt" <<'PY'
+"$PYTHON" -P - "$REPO" >"$DEST/env.txt" <<'PY' || exit 2
 import importlib, platform, sys
 from pathlib import Path
 repo = Path(sys.argv[1]).resolve()
@@ -82,10 +84,6 @@ for index in range(torch.cuda.device_count()):
     print(f"cuda:{index}: {props.name}, {props.total_memory / 2**30:.1f} GiB, capability "
           f"{props.major}.{props.minor}, bf16 {torch.cuda.is_bf16_supported()}")
 PY
-status=$?
-if [[ $status -ne 0 ]]; then
-    exit 2
-fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv >>"$DEST/env.txt" 2>&1 || true
 cat "$DEST/env.txt"
 

@@ -41,12 +41,11 @@ torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
 from model.PFENet import PFENet
 from fsseg.efficiency import synthetic_episode
+from fsseg.numerics import use_ieee_fp32
 size, shot, bins = int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 device, warmup, repeats = torch.device(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-if device.type == "cuda":  # IEEE fp32, as fsseg bench's fp32 rows (cuDNN would take TF32 by default)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+use_ieee_fp32(device)  # as fsseg bench's fp32 rows (cuDNN would take TF32 on CUDA by default)
 with contextlib.redirect_stdout(io.StringIO()):  # the constructor prints
     model = PFENet(layers=50, classes=2, zoom_factor=8, pretrained=False, shot=shot, ppm_scales=bins)
 model = model.eval().to(device)
